@@ -1,0 +1,3 @@
+"""DevLoop: run a project's checks the moment a file changes."""
+
+__version__ = "0.1.0"

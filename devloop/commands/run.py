@@ -1,0 +1,72 @@
+"""`devloop run DIR`: run the checks once now; exit 1 if one fails (pre-commit, CI)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from devloop import config, statedir
+from devloop.commands import Subparsers, add_dir_argument, project_root
+from devloop.commands.status import FAILING, render
+from devloop.daemon import use_pidfd_child_watcher
+from devloop.errors import EX_FAIL, EX_OK
+from devloop.findings import Finding
+from devloop.ignore import IgnoreRules
+from devloop.scheduler import Scheduler
+from devloop.store import CheckState, Run, Store
+from devloop.watcher import scan_files
+
+log = logging.getLogger("devloop")
+
+
+def add_parser(sub: Subparsers) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run",
+        help="run the checks once now and exit non-zero if one fails",
+        description="Run every check once, over the whole project: a {files} argument "
+        "becomes every file (not ignored) that matches the check's patterns. With --files, "
+        "only the checks those files trigger run, on those files. Results are stored like the "
+        "daemon's. Exit 0 when all pass, 1 when one fails.",
+    )
+    add_dir_argument(p)
+    p.add_argument("--files", nargs="+", metavar="FILE",
+                   help="run as if these files (relative to DIR) had changed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    root = project_root(args.dir)
+    cfg = config.load(root)
+    state_dir = statedir.ensure(root)
+    use_pidfd_child_watcher()
+    results = asyncio.run(_run_once(root, state_dir, cfg, args.files))
+    print(render(results))
+    return EX_FAIL if any(st.run.outcome in FAILING for st in results) else EX_OK
+
+
+async def _run_once(root: Path, state_dir: Path, cfg: config.Config,
+                    files: list[str] | None) -> list[CheckState]:
+    store = Store.open(state_dir)
+    results: list[CheckState] = []
+
+    def on_result(run: Run, findings: list[Finding]) -> None:
+        run_id = store.record(run, findings)
+        results.append(CheckState(run=run, run_id=run_id, findings=tuple(findings)))
+        print(f"{run.check}: {run.outcome} in {run.duration:.2f}s", file=sys.stderr)
+
+    rules = IgnoreRules(root, cfg.ignore)
+    scheduler = Scheduler(root, cfg, on_result, lambda: scan_files(root, rules))
+    if files:
+        rel = [str(Path(f)) for f in files if not rules.is_ignored(str(Path(f)), False)]
+        scheduler.changed(rel)
+    else:
+        scheduler.run_whole(on_start_only=False)
+    try:
+        await scheduler.wait_idle()
+    finally:
+        await scheduler.stop()
+        store.close()
+    return sorted(results, key=lambda st: st.run.check)

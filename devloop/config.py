@@ -1,0 +1,241 @@
+"""`devloop.toml` -> frozen dataclasses, validated strictly.
+
+Every problem is one line that names the file and the key, raised as a
+DevloopError with exit code 78 (EX_CONFIG); the file is never rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pathspec
+
+from devloop.errors import EX_CONFIG, DevloopError
+
+CONFIG_NAME = "devloop.toml"
+FILES_PLACEHOLDER = "{files}"
+
+OnBusy = Literal["queue", "restart"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    command: tuple[str, ...]
+    patterns: tuple[str, ...]
+    shell: bool = False
+    debounce_ms: int = 100
+    timeout_s: float = 300.0
+    run_on_start: bool = True
+    on_busy: OnBusy = "queue"
+    spec: pathspec.GitIgnoreSpec = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", pathspec.GitIgnoreSpec.from_lines(self.patterns))
+
+    @property
+    def takes_files(self) -> bool:
+        return FILES_PLACEHOLDER in self.command
+
+    def matches(self, relpath: str) -> bool:
+        return self.spec.match_file(relpath)
+
+
+@dataclass(frozen=True)
+class Config:
+    checks: tuple[Check, ...]
+    ignore: tuple[str, ...] = ()
+    max_parallel: int = 2
+    heartbeat_interval: float = 30.0
+    source: Path | None = None  # None: built-in defaults
+
+
+def _fail(where: str, key: str, problem: str) -> DevloopError:
+    return DevloopError(f"{where}: {key}: {problem}", EX_CONFIG)
+
+
+def _str_list(where: str, key: str, value: object, *, globs: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(where, key, "must be a list of strings")
+    if globs:
+        for v in value:
+            try:
+                pathspec.GitIgnoreSpec.from_lines([v])
+            except Exception as exc:  # pathspec raises several types for bad globs
+                raise _fail(where, key, f"bad pattern {v!r}: {exc}") from None
+    return tuple(value)
+
+
+def _number(
+    where: str, key: str, value: object, *, minimum: float, integer: bool = False
+) -> float:
+    ok_types: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        raise _fail(where, key, "must be an integer" if integer else "must be a number")
+    assert isinstance(value, int | float)
+    if value < minimum:
+        raise _fail(where, key, f"must be >= {minimum:g}")
+    return value
+
+
+def _bool(where: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, key, "must be true or false")
+    return value
+
+
+def _check(where: str, name: str, table: object) -> Check:
+    key = f"checks.{name}"
+    if not isinstance(table, dict):
+        raise _fail(where, key, "must be a table")
+    known = {"command", "patterns", "shell", "debounce_ms", "timeout_s", "run_on_start", "on_busy"}
+    for k in table:
+        if k not in known:
+            raise _fail(where, f"{key}.{k}", "unknown key")
+    for required in ("command", "patterns"):
+        if required not in table:
+            raise _fail(where, f"{key}.{required}", "missing")
+    command = _str_list(where, f"{key}.command", table["command"])
+    if not command or not command[0]:
+        raise _fail(where, f"{key}.command", "must not be empty")
+    patterns = _str_list(where, f"{key}.patterns", table["patterns"], globs=True)
+    if not patterns:
+        raise _fail(where, f"{key}.patterns", "must not be empty")
+    shell = _bool(where, f"{key}.shell", table.get("shell", False))
+    if shell and len(command) != 1:
+        raise _fail(where, f"{key}.command", "with shell = true, must be one string")
+    if shell and FILES_PLACEHOLDER in command[0]:
+        raise _fail(
+            where,
+            f"{key}.command",
+            "{files} is not expanded in a shell string (file names never reach a shell); "
+            'use "$@" instead',
+        )
+    on_busy = table.get("on_busy", "queue")
+    if on_busy not in ("queue", "restart"):
+        raise _fail(where, f"{key}.on_busy", 'must be "queue" or "restart"')
+    return Check(
+        name=name,
+        command=command,
+        patterns=patterns,
+        shell=shell,
+        debounce_ms=int(
+            _number(where, f"{key}.debounce_ms", table.get("debounce_ms", 100), minimum=0,
+                    integer=True)
+        ),
+        timeout_s=_number(where, f"{key}.timeout_s", table.get("timeout_s", 300), minimum=0.1),
+        run_on_start=_bool(where, f"{key}.run_on_start", table.get("run_on_start", True)),
+        on_busy=on_busy,
+    )
+
+
+def parse(data: Mapping[str, Any], where: str) -> Config:
+    known = {"checks", "ignore", "max_parallel", "heartbeat_interval"}
+    for k in data:
+        if k not in known:
+            raise _fail(where, k, "unknown key")
+    checks_table = data.get("checks", {})
+    if not isinstance(checks_table, dict):
+        raise _fail(where, "checks", "must be a table of tables")
+    checks = tuple(_check(where, name, t) for name, t in checks_table.items())
+    if not checks:
+        raise _fail(where, "checks", "at least one check is needed")
+    return Config(
+        checks=checks,
+        ignore=_str_list(where, "ignore", data.get("ignore", []), globs=True),
+        max_parallel=int(
+            _number(where, "max_parallel", data.get("max_parallel", 2), minimum=1, integer=True)
+        ),
+        heartbeat_interval=_number(
+            where, "heartbeat_interval", data.get("heartbeat_interval", 30), minimum=1
+        ),
+    )
+
+
+def load(root: Path) -> Config:
+    """The project's config, or the built-in defaults when it has none."""
+    path = root / CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config(checks=default_checks(root))
+    except OSError as exc:
+        raise DevloopError(f"{path}: cannot read: {exc.strerror}", EX_CONFIG) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DevloopError(f"{path}: not UTF-8 text", EX_CONFIG) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DevloopError(f"{path}: invalid TOML: {exc}", EX_CONFIG) from None
+    cfg = parse(data, str(path))
+    return Config(
+        checks=cfg.checks,
+        ignore=cfg.ignore,
+        max_parallel=cfg.max_parallel,
+        heartbeat_interval=cfg.heartbeat_interval,
+        source=path,
+    )
+
+
+def _find_tool(root: Path, name: str) -> str | None:
+    """A tool from the project's own venv first, then PATH."""
+    for venv in (".venv", "venv"):
+        candidate = root / venv / "bin" / name
+        if os.access(candidate, os.X_OK):
+            return f"{venv}/bin/{name}"
+    return name if shutil.which(name) else None
+
+
+_Factory = Callable[[str], Check]
+
+_OPTIONAL_TOOLS: dict[str, _Factory] = {
+    "ruff": lambda exe: Check(
+        name="ruff",
+        command=(exe, "check", "--output-format=json", "--no-cache", FILES_PLACEHOLDER),
+        patterns=("*.py", "*.pyi", "pyproject.toml", "ruff.toml", ".ruff.toml"),
+    ),
+    "mypy": lambda exe: Check(
+        name="mypy",
+        command=(exe, "--show-column-numbers", "--no-error-summary", "--no-incremental",
+                 FILES_PLACEHOLDER),
+        patterns=("*.py", "*.pyi"),
+        debounce_ms=300,
+    ),
+    "pytest": lambda exe: Check(  # only where the project has tests: see default_checks
+        name="pytest",
+        command=(exe, "-q", "-p", "no:cacheprovider"),
+        patterns=("*.py",),
+        debounce_ms=500,
+        timeout_s=600,
+    ),
+}
+
+
+def default_checks(root: Path) -> tuple[Check, ...]:
+    """Checks that work with nothing installed, plus the usual tools that are."""
+    checks = [
+        Check(
+            name="python-syntax",
+            command=(sys.executable, "-m", "devloop.pysyntax", FILES_PLACEHOLDER),
+            patterns=("*.py",),
+            debounce_ms=50,
+            timeout_s=60,
+        )
+    ]
+    has_tests = any((root / d).is_dir() for d in ("tests", "test")) or any(
+        (root / f).is_file() for f in ("pytest.ini", "conftest.py")
+    )
+    for tool, factory in _OPTIONAL_TOOLS.items():
+        if tool == "pytest" and not has_tests:
+            continue  # pytest exits 5 (a failure) when it collects nothing
+        exe = _find_tool(root, tool)
+        if exe is not None:
+            checks.append(factory(exe))
+    return tuple(checks)

@@ -1,0 +1,299 @@
+"""The loop that ties the rooms together: start, watch, run, reload, stop.
+
+One thread, one asyncio loop. The inotify fd, child processes, timers
+(watchdog ping, heartbeat, debounce) and signals are all callbacks on it, so
+the watchdog ping proves that this loop, and nothing else, is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from devloop import config as config_mod
+from devloop.config import Config
+from devloop.core import daemon_health
+from devloop.errors import EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.findings import Finding
+from devloop.ignore import IgnoreRules
+from devloop.scheduler import Scheduler
+from devloop.store import Run, Store
+from devloop.systemd import Notifier
+from devloop.watcher import Watcher, WatchLimitError
+
+log = logging.getLogger("devloop")
+
+STATUS_MIN_INTERVAL_S = 0.25
+EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
+EXTEND_BY_S = 10.0
+LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
+          "error": logging.ERROR, "timeout": logging.ERROR}
+
+
+def use_pidfd_child_watcher() -> None:
+    """Python 3.11 watches children with a thread each by default; pidfds keep one thread."""
+    if sys.version_info < (3, 12):
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
+class Daemon:
+    def __init__(self, root: Path, state_dir: Path, config: Config, notifier: Notifier) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.config = config
+        self.notifier = notifier
+        self.started = time.monotonic()
+        self.store = Store.open(state_dir)
+        self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
+        self.scheduler: Scheduler | None = None
+        self.exit_code = EX_OK
+        self.last_run: Run | None = None
+        self.failing: set[str] = set()
+        self.config_problem: str | None = None
+        self.io_problem: str | None = None
+        self._stop = asyncio.Event()
+        self._status_handle: asyncio.TimerHandle | None = None
+        self._status_sent_at = 0.0
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._rescan_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._overflow_again = False
+
+    # -- life cycle -----------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        if self.notifier.watchdog_interval:
+            self._watchdog()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        try:
+            await self._initial_walk()
+            loop.add_reader(self.watcher.fileno(), self._on_inotify)
+            self.scheduler = Scheduler(self.root, self.config, self._on_result,
+                                       self.watcher.all_files)
+            self._heartbeat()
+            log.info("watching %s: %d directories, %d checks (%s)", self.root,
+                     self.watcher.watch_count, len(self.config.checks),
+                     ", ".join(c.name for c in self.config.checks))
+            self.notifier.ready(self.status_text())
+            self.scheduler.run_whole(on_start_only=True)
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    async def _initial_walk(self) -> None:
+        last_extend = 0.0
+        try:
+            for _ in self.watcher.walk_all(strict=True):
+                now = time.monotonic()
+                if now - last_extend >= EXTEND_EVERY_S:
+                    self.notifier.extend_timeout(EXTEND_BY_S)
+                    self.notifier.status(f"walking the project: {self.watcher.watch_count} "
+                                         "directories so far")
+                    last_extend = now
+                await asyncio.sleep(0)
+        except WatchLimitError as exc:
+            raise DevloopError(str(exc), EX_OSERR) from None
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        loop = asyncio.get_running_loop()
+        for handle in (self._status_handle, self._heartbeat_handle):
+            if handle is not None:
+                handle.cancel()
+        for task in (self._rescan_task, self._reload_task):
+            if task is not None:
+                task.cancel()
+        loop.remove_reader(self.watcher.fileno())
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        self.watcher.close()
+        daemon_health.remove_heartbeat(self.state_dir)
+        self.store.close()
+
+    def stop(self, code: int) -> None:
+        self.exit_code = code
+        self._stop.set()
+
+    # -- events ---------------------------------------------------------------------
+    def _on_inotify(self) -> None:
+        changes, overflow = self.watcher.read_events()
+        if self.watcher.root_gone:
+            log.error("the project directory %s was deleted or moved away: exiting", self.root)
+            self.stop(EX_NOINPUT)
+            return
+        if overflow:
+            log.warning("inotify queue overflowed: rescanning the project so no change is lost")
+            if self._rescan_task is None:
+                self._rescan_task = asyncio.get_running_loop().create_task(self._rescan())
+            else:
+                self._overflow_again = True
+        if changes:
+            self._dispatch(changes)
+
+    def _dispatch(self, changes: set[str]) -> None:
+        if config_mod.CONFIG_NAME in changes or any(
+            c == ".gitignore" or c.endswith("/.gitignore") for c in changes
+        ):
+            self._request_reload()
+        gone = [c for c in changes if not os.path.lexists(self.root / c)]
+        if gone:
+            self._db(self.store.forget_files, gone)
+        if self.scheduler is not None:
+            self.scheduler.changed(changes)
+
+    async def _sliced(self, slices: Iterator[int]) -> None:
+        for _ in slices:
+            await asyncio.sleep(0)
+
+    async def _rescan(self) -> None:
+        try:
+            while True:
+                self._overflow_again = False
+                changes: set[str] = set()
+                await self._sliced(self.watcher.rescan(changes))
+                log.info("rescan %d found %d changes", self.watcher.rescans, len(changes))
+                if changes:
+                    self._dispatch(changes)
+                if not self._overflow_again:
+                    break
+        finally:
+            self._rescan_task = None
+            self._update_status()
+
+    def _request_reload(self) -> None:
+        if self._reload_task is None:
+            self._reload_task = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            await asyncio.sleep(0.05)  # a save of several files is one reload
+            self.notifier.reloading()
+            try:
+                config = config_mod.load(self.root)
+            except DevloopError as exc:
+                self.config_problem = f"config reload failed, still running the old one: {exc}"
+                log.error("%s", self.config_problem)
+                self.notifier.ready(self.status_text())
+                return
+            self.config_problem = None
+            self.config = config
+            self.watcher.rules = IgnoreRules(self.root, config.ignore)
+            changes: set[str] = set()
+            await self._sliced(self.watcher.rescan(changes))
+            if self.scheduler is not None:
+                self.scheduler.configure(config)
+            self._db(self.store.forget_checks_except, [c.name for c in config.checks])
+            self.failing &= {c.name for c in config.checks}
+            log.info("configuration reloaded: %d checks", len(config.checks))
+            self._heartbeat()
+            self.notifier.ready(self.status_text())
+            if changes:
+                self._dispatch(changes - {config_mod.CONFIG_NAME})
+        finally:
+            self._reload_task = None
+
+    def _on_result(self, run: Run, findings: list[Finding]) -> None:
+        self.last_run = run
+        if run.outcome in ("fail", "error", "timeout"):
+            self.failing.add(run.check)
+        elif run.outcome == "pass":
+            self.failing.discard(run.check)
+        self._db(self.store.record, run, findings)
+        detail = ""
+        if run.outcome == "fail":
+            first = f": {findings[0].file}:{findings[0].line} {findings[0].message}" if findings \
+                else ""
+            detail = f" (exit {run.exit_code}, {len(findings)} findings{first})"
+        elif run.outcome == "error":
+            detail = f": {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
+        scope = "the whole project" if run.files is None else f"{len(run.files)} files"
+        log.log(
+            LEVELS[run.outcome], "check %s %s in %.2fs on %s%s", run.check, run.outcome,
+            run.duration, scope, detail,
+            extra={"DEVLOOP_CHECK": run.check, "DEVLOOP_OUTCOME": run.outcome,
+                   "DEVLOOP_DURATION": f"{run.duration:.3f}",
+                   "DEVLOOP_EXIT_CODE": "" if run.exit_code is None else str(run.exit_code)},
+        )
+        self._update_status()
+
+    # -- timers ---------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        self.notifier.watchdog()
+        assert self.notifier.watchdog_interval is not None
+        asyncio.get_running_loop().call_later(self.notifier.watchdog_interval, self._watchdog)
+
+    def _heartbeat(self) -> None:
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+        if self.watcher.unwatched:
+            changes = self.watcher.retry_unwatched()
+            if changes:
+                self._dispatch(changes)
+        record = daemon_health.heartbeat_record(
+            pid=os.getpid(), uptime_seconds=time.monotonic() - self.started,
+            interval_seconds=self.config.heartbeat_interval, project=str(self.root),
+            watches=self.watcher.watch_count, problem=self.problem(),
+        )
+        try:
+            daemon_health.write_heartbeat(self.state_dir, record)
+        except OSError as exc:
+            self._io_failed(f"cannot write the heartbeat in {self.state_dir}: {exc.strerror}")
+        self._heartbeat_handle = asyncio.get_running_loop().call_later(
+            self.config.heartbeat_interval, self._heartbeat)
+
+    def _db(self, fn: Callable[..., object], *args: object) -> None:
+        """A database write that fails is logged once, and the daemon keeps watching."""
+        try:
+            fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            self._io_failed(f"cannot write results to {self.state_dir}: {exc}")
+        else:
+            if self.io_problem and "results" in self.io_problem:
+                log.info("results database writable again")
+                self.io_problem = None
+
+    def _io_failed(self, message: str) -> None:
+        if message != self.io_problem:
+            log.error("%s", message)
+        self.io_problem = message
+        self._update_status()
+
+    # -- status ---------------------------------------------------------------------
+    def problem(self) -> str | None:
+        return self.watcher.problem or self.io_problem or self.config_problem
+
+    def status_text(self) -> str:
+        parts = [f"watching {self.watcher.watch_count:,} dirs",
+                 f"{len(self.config.checks)} checks"]
+        if self.last_run is not None:
+            r = self.last_run
+            parts.append(f"last {r.check} {r.outcome} {r.duration:.2f}s")
+        parts.append(f"{len(self.failing)} failing")
+        problem = self.problem()
+        if problem:
+            parts.append(f"PROBLEM: {problem}")
+        return ", ".join(parts)
+
+    def _update_status(self) -> None:
+        """STATUS= at most a few times a second: the last state wins."""
+        if not self.notifier.enabled or self._status_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._status_sent_at + STATUS_MIN_INTERVAL_S - loop.time()
+        self._status_handle = loop.call_later(max(wait, 0), self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_handle = None
+        self._status_sent_at = asyncio.get_running_loop().time()
+        self.notifier.status(self.status_text())

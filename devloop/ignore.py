@@ -1,0 +1,86 @@
+"""Which paths DevLoop never looks at: built-in rules, every .gitignore, .git/info/exclude, config.
+
+The watcher asks while it walks, so an ignored directory never gets an inotify watch.
+Paths are relative to the project root, with '/' separators.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pathspec
+
+BUILTIN_IGNORES: tuple[str, ...] = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".devloop/",
+    "__pycache__/",
+    ".venv/",
+    "venv/",
+    "node_modules/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".nox/",
+    ".hypothesis/",
+    "*.egg-info/",
+    "*.pyc",
+    # editor temporaries: vim, emacs, JetBrains
+    "*.swp",
+    "*.swx",
+    "*~",
+    ".#*",
+    "4913",
+    "*___jb_tmp___",
+    "*___jb_old___",
+)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+class IgnoreRules:
+    """Gitignore semantics per directory: a .gitignore applies below the directory holding it."""
+
+    def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
+        self.root = root
+        base = [*BUILTIN_IGNORES, *_read_lines(root / ".git" / "info" / "exclude"), *extra]
+        self._base = pathspec.GitIgnoreSpec.from_lines(base)
+        self._by_dir: dict[str, pathspec.GitIgnoreSpec] = {}
+
+    def load_dir(self, reldir: str) -> None:
+        """Read reldir/.gitignore (if any); call before walking into reldir's entries."""
+        path = self.root / reldir / ".gitignore" if reldir else self.root / ".gitignore"
+        lines = _read_lines(path)
+        if lines:
+            self._by_dir[reldir] = pathspec.GitIgnoreSpec.from_lines(lines)
+        else:
+            self._by_dir.pop(reldir, None)
+
+    def forget_dir(self, reldir: str) -> None:
+        """Drop the rules of reldir and everything below it (it was deleted or moved away)."""
+        prefix = reldir + "/"
+        for d in [d for d in self._by_dir if d == reldir or d.startswith(prefix)]:
+            del self._by_dir[d]
+
+    def is_ignored(self, relpath: str, is_dir: bool) -> bool:
+        probe = relpath + "/" if is_dir else relpath
+        if self._base.match_file(probe):
+            return True
+        if not self._by_dir:
+            return False
+        spec = self._by_dir.get("")
+        if spec is not None and spec.match_file(probe):
+            return True
+        parts = relpath.split("/")
+        for i in range(1, len(parts)):
+            spec = self._by_dir.get("/".join(parts[:i]))
+            if spec is not None and spec.match_file("/".join(parts[i:]) + ("/" if is_dir else "")):
+                return True
+        return False

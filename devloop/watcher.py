@@ -1,0 +1,317 @@
+"""Recursive inotify: walk with pruning, new directories, moves, overflow -> rescan.
+
+Ignored directories never get a watch: the rules are applied while walking.
+Besides the watches, the watcher keeps a snapshot (mtime, size) of every file it
+can see, so that an event queue overflow is answered by a rescan that finds
+exactly what changed, and so that "the whole project" is known without a walk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from inotify_simple import INotify, flags
+
+from devloop.ignore import IgnoreRules
+
+log = logging.getLogger(__name__)
+
+DIR_MASK = (
+    flags.CLOSE_WRITE
+    | flags.CREATE
+    | flags.DELETE
+    | flags.MOVED_FROM
+    | flags.MOVED_TO
+    | flags.DELETE_SELF
+    | flags.MOVE_SELF
+    | flags.ONLYDIR
+    | flags.DONT_FOLLOW
+    | flags.EXCL_UNLINK
+)
+WALK_SLICE = 200  # directories per slice of a walk, between two yields to the event loop
+
+Stamp = tuple[int, int]  # (mtime_ns, size)
+
+
+class WatchLimitError(Exception):
+    """inotify_add_watch said ENOSPC: fs.inotify.max_user_watches is too low for this project."""
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        self.limit = max_user_watches()
+        super().__init__(watch_limit_message(needed, self.limit))
+
+
+def max_user_watches() -> int:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+def watch_limit_message(needed: int, limit: int) -> str:
+    want = max(needed * 2, limit * 2, 524288)
+    return (
+        f"inotify watch limit reached: fs.inotify.max_user_watches is {limit} for this user "
+        f"(shared by all its processes) and this project needs {needed} watches; raise it with "
+        f"'sudo sysctl fs.inotify.max_user_watches={want}' "
+        "(persist it in /etc/sysctl.d/90-devloop.conf)"
+    )
+
+
+def _join(reldir: str, name: str) -> str:
+    return f"{reldir}/{name}" if reldir else name
+
+
+def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
+    """Every file that is not ignored, without watching anything (for `devloop run`)."""
+    stack = [""]
+    while stack:
+        reldir = stack.pop()
+        rules.load_dir(reldir)
+        try:
+            with os.scandir(root / reldir if reldir else root) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = _join(reldir, entry.name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not rules.is_ignored(rel, is_dir):
+                if is_dir:
+                    stack.append(rel)
+                else:
+                    yield rel
+
+
+class Watcher:
+    """Owns the inotify fd. Call `walk_all()` to start, then feed it with `read_events()`."""
+
+    def __init__(self, root: Path, rules: IgnoreRules) -> None:
+        self.root = root
+        self.rules = rules
+        self.inotify = INotify(nonblocking=True)
+        self._wd_dir: dict[int, str] = {}
+        self._dir_wd: dict[str, int] = {}
+        self.snapshot: dict[str, dict[str, Stamp]] = {}
+        self.rescans = 0
+        self.root_gone = False
+        self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
+
+    # -- public ---------------------------------------------------------------------
+    def fileno(self) -> int:
+        return int(self.inotify.fileno())
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._wd_dir)
+
+    @property
+    def problem(self) -> str | None:
+        if self.unwatched:
+            return watch_limit_message(self.watch_count + len(self.unwatched), max_user_watches())
+        return None
+
+    def close(self) -> None:
+        self.inotify.close()
+
+    def all_files(self) -> Iterator[str]:
+        for reldir, files in self.snapshot.items():
+            for name in files:
+                yield _join(reldir, name)
+
+    def walk_all(self, strict: bool = True) -> Iterator[int]:
+        """The initial walk, as slices: yields the number of directories walked so far.
+
+        With strict=True an ENOSPC ends the walk in WatchLimitError, after counting how
+        many directories the project has, never leaving a silent half-watch.
+        """
+        yield from self._walk("", None, strict=strict)
+
+    def rescan(self, changes: set[str]) -> Iterator[int]:
+        """Compare the tree with the snapshot, adding the differences to `changes`."""
+        self.rescans += 1
+        visited: set[str] = set()
+        yield from self._walk("", changes, visited=visited)
+        for reldir in [d for d in self._dir_wd if d not in visited]:
+            changes |= self._drop_tree(reldir)
+
+    def retry_unwatched(self) -> set[str]:
+        """Try again to watch the directories the watch limit left out."""
+        changes: set[str] = set()
+        for reldir in sorted(self.unwatched):
+            self.unwatched.discard(reldir)
+            for _ in self._walk(reldir, changes, strict=False):
+                pass
+        return changes
+
+    def read_events(self) -> tuple[set[str], bool]:
+        """Drain the inotify fd: (changed paths, whether the queue overflowed)."""
+        changes: set[str] = set()
+        overflow = False
+        for ev in self.inotify.read(timeout=0):
+            mask = ev.mask
+            if mask & flags.Q_OVERFLOW:
+                overflow = True
+                continue
+            reldir = self._wd_dir.get(ev.wd)
+            if reldir is None:
+                continue
+            if mask & flags.IGNORED:
+                self._forget_wd(ev.wd)
+                continue
+            if mask & (flags.DELETE_SELF | flags.MOVE_SELF):
+                if reldir == "":
+                    self.root_gone = True
+                continue
+            rel = _join(reldir, ev.name)
+            if mask & flags.ISDIR:
+                if self.rules.is_ignored(rel, True):
+                    continue
+                if mask & (flags.DELETE | flags.MOVED_FROM):
+                    changes |= self._drop_tree(rel)
+                elif mask & (flags.CREATE | flags.MOVED_TO):
+                    # Watch first, then scan: files written in the same instant are found.
+                    for _ in self._walk(rel, changes, strict=False):
+                        pass
+                continue
+            if ev.name == ".gitignore":
+                changes.add(rel)  # the daemon reloads the rules
+                continue
+            if self.rules.is_ignored(rel, False):
+                continue
+            self._stamp(reldir, ev.name)
+            changes.add(rel)
+        return changes, overflow
+
+    # -- internals ------------------------------------------------------------------
+    def _stamp(self, reldir: str, name: str) -> None:
+        files = self.snapshot.setdefault(reldir, {})
+        try:
+            st = os.lstat(self.root / reldir / name)
+        except OSError:
+            files.pop(name, None)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            files.pop(name, None)
+        else:
+            files[name] = (st.st_mtime_ns, st.st_size)
+
+    def _add_watch(self, reldir: str) -> int | None:
+        path = self.root / reldir if reldir else self.root
+        try:
+            wd = int(self.inotify.add_watch(path, DIR_MASK))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                log.warning("cannot watch %s: %s", path, exc.strerror)
+            return None
+        old = self._dir_wd.get(reldir)
+        if old is not None and old != wd:
+            self._wd_dir.pop(old, None)
+        self._wd_dir[wd] = reldir
+        self._dir_wd[reldir] = wd
+        return wd
+
+    def _walk(
+        self,
+        top: str,
+        changes: set[str] | None,
+        *,
+        strict: bool = False,
+        visited: set[str] | None = None,
+    ) -> Iterator[int]:
+        stack = [top]
+        walked = 0
+        limit_hit = False
+        needed = 0
+        while stack:
+            reldir = stack.pop()
+            if not limit_hit:
+                try:
+                    wd = self._add_watch(reldir)
+                except OSError:  # ENOSPC
+                    limit_hit = True
+                    wd = None
+                    if not strict:
+                        self.unwatched.add(reldir)
+                        log.error("%s", watch_limit_message(self.watch_count + 1,
+                                                            max_user_watches()))
+                        continue
+                if wd is None and not limit_hit:
+                    continue
+            if limit_hit:
+                if not strict:
+                    self.unwatched.add(reldir)
+                    continue
+                needed += 1
+            self.rules.load_dir(reldir)
+            if visited is not None:
+                visited.add(reldir)
+            files: dict[str, Stamp] = {}
+            try:
+                with os.scandir(self.root / reldir if reldir else self.root) as it:
+                    for entry in it:
+                        rel = _join(reldir, entry.name)
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                            if is_dir:
+                                if not self.rules.is_ignored(rel, True):
+                                    stack.append(rel)
+                                continue
+                            if self.rules.is_ignored(rel, False):
+                                continue
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        files[entry.name] = (st.st_mtime_ns, st.st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
+            if not limit_hit:
+                old = self.snapshot.get(reldir, {})
+                if changes is not None:
+                    for name, st_ in files.items():
+                        if old.get(name) != st_:
+                            changes.add(_join(reldir, name))
+                    for name in old.keys() - files.keys():
+                        changes.add(_join(reldir, name))
+                self.snapshot[reldir] = files
+            walked += 1
+            if walked % WALK_SLICE == 0:
+                yield walked
+        if limit_hit and strict:
+            raise WatchLimitError(self.watch_count + needed)
+        yield walked
+
+    def _drop_tree(self, reldir: str) -> set[str]:
+        """Forget reldir and below (deleted or moved away): its files count as changed."""
+        prefix = reldir + "/"
+        gone: set[str] = set()
+        for d in [d for d in self.snapshot if d == reldir or d.startswith(prefix)]:
+            gone.update(_join(d, name) for name in self.snapshot.pop(d))
+        for d in [d for d in self._dir_wd if d == reldir or d.startswith(prefix)]:
+            wd = self._dir_wd.pop(d)
+            self._wd_dir.pop(wd, None)
+            with contextlib.suppress(OSError):  # already gone with its directory
+                self.inotify.rm_watch(wd)
+        self.unwatched = {d for d in self.unwatched if not (d == reldir or d.startswith(prefix))}
+        self.rules.forget_dir(reldir)
+        return gone
+
+    def _forget_wd(self, wd: int) -> None:
+        reldir = self._wd_dir.pop(wd, None)
+        if reldir is not None and self._dir_wd.get(reldir) == wd:
+            del self._dir_wd[reldir]
+            if reldir == "":
+                self.root_gone = True

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from devloop import config as config_mod
 from devloop.config import Config
@@ -56,6 +57,7 @@ class Daemon:
         self.exit_code = EX_OK
         self.last_run: Run | None = None
         self.failing: set[str] = set()
+        self.check_stats: dict[str, dict[str, Any]] = {}  # for the heartbeat and metrics
         self.config_problem: str | None = None
         self.io_problem: str | None = None
         self._stop = asyncio.Event()
@@ -205,6 +207,13 @@ class Daemon:
 
     def _on_result(self, run: Run, findings: list[Finding]) -> None:
         self.last_run = run
+        stats = self.check_stats.setdefault(
+            run.check, {"runs": {}, "last_duration_seconds": None, "last_success_timestamp": None}
+        )
+        stats["runs"][run.outcome] = stats["runs"].get(run.outcome, 0) + 1
+        stats["last_duration_seconds"] = round(run.duration, 4)
+        if run.outcome == "pass":
+            stats["last_success_timestamp"] = round(run.started + run.duration, 3)
         if run.outcome in ("fail", "error", "timeout"):
             self.failing.add(run.check)
         elif run.outcome == "pass":
@@ -243,7 +252,11 @@ class Daemon:
         record = daemon_health.heartbeat_record(
             pid=os.getpid(), uptime_seconds=time.monotonic() - self.started,
             interval_seconds=self.config.heartbeat_interval, project=str(self.root),
-            watches=self.watcher.watch_count, problem=self.problem(),
+            watches=self.watcher.watch_count, rescans=self.watcher.rescans,
+            problem=self.problem(),
+            checks={c.name: {**self.check_stats.get(c.name, {
+                "runs": {}, "last_duration_seconds": None, "last_success_timestamp": None}),
+                "failing": c.name in self.failing} for c in self.config.checks},
         )
         try:
             daemon_health.write_heartbeat(self.state_dir, record)

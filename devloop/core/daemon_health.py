@@ -49,7 +49,13 @@ def remove_heartbeat(state_dir: Path) -> None:
 
 
 def heartbeat_record(*, pid: int, uptime_seconds: float, interval_seconds: float,
-                     project: str, watches: int, problem: str | None) -> dict[str, Any]:
+                     project: str, watches: int, rescans: int, problem: str | None,
+                     checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The heartbeat: liveness, plus the counters that `devloop metrics` exposes.
+
+    `checks` maps a check's name to {"runs": {outcome: count since start},
+    "last_duration_seconds", "last_success_timestamp" (unix or null), "failing" (bool)}.
+    """
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "pid": pid,
@@ -57,7 +63,9 @@ def heartbeat_record(*, pid: int, uptime_seconds: float, interval_seconds: float
         "interval_seconds": interval_seconds,
         "project": project,
         "watches": watches,
+        "rescans": rescans,
         "problem": problem,
+        "checks": checks,
     }
 
 

@@ -45,8 +45,10 @@ def use_pidfd_child_watcher() -> None:
 
 
 class Daemon:
-    def __init__(self, root: Path, state_dir: Path, config: Config, notifier: Notifier) -> None:
+    def __init__(self, root: Path, state_dir: Path, config: Config, notifier: Notifier,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.root = root
+        self.on_ready = on_ready  # background mode: tell the waiting parent (READY=1's twin)
         self.state_dir = state_dir
         self.config = config
         self.notifier = notifier
@@ -86,6 +88,8 @@ class Daemon:
                      self.watcher.watch_count, len(self.config.checks),
                      ", ".join(c.name for c in self.config.checks))
             self.notifier.ready(self.status_text())
+            if self.on_ready is not None:
+                self.on_ready()
             self.scheduler.run_whole(on_start_only=True)
             await self._stop.wait()
         finally:

@@ -1,14 +1,15 @@
-"""`devloop watch --foreground DIR`: the daemon."""
+"""`devloop watch DIR`: the daemon, in the foreground or detached."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
-from devloop import config, statedir
+from devloop import background, config, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
 from devloop.daemon import Daemon, use_pidfd_child_watcher
-from devloop.errors import EX_USAGE, DevloopError
+from devloop.errors import EX_OK
 from devloop.systemd import Notifier, setup_logging
 
 
@@ -18,19 +19,46 @@ def add_parser(sub: Subparsers) -> None:
         help="watch the project and run its checks on every change",
         description="Watch DIR with inotify and run the matching checks on every change. "
         "Under systemd it speaks sd_notify (READY, STATUS, WATCHDOG, STOPPING) and logs to "
-        "the journal. SIGHUP reloads devloop.toml and the ignore rules; SIGTERM stops.",
+        "the journal. SIGHUP reloads devloop.toml and the ignore rules; SIGTERM stops. "
+        "Without --foreground it detaches, logs to DIR/.devloop/devloop.log and returns once "
+        "the daemon is ready (exit 0) or has failed (its exit status); 'devloop stop DIR' "
+        "stops it.",
     )
-    p.add_argument("--foreground", action="store_true", required=True,
+    p.add_argument("--foreground", action="store_true",
                    help="stay in the foreground (for systemd, supervisord or a terminal)")
+    p.add_argument("--log-max-bytes", type=_positive_int, default=background.LOG_MAX_BYTES,
+                   metavar="N", help="detached: rotate devloop.log at this size "
+                   "(default 10 MB)")
+    p.add_argument("--log-backups", type=_positive_int, default=background.LOG_BACKUPS,
+                   metavar="N", help="detached: rotated logs to keep (default 3)")
+    p.add_argument("--ready-timeout", type=float, default=background.READY_TIMEOUT_S,
+                   metavar="SECONDS", help="detached: how long to wait for the daemon to be "
+                   "ready (default 90); it keeps starting after that")
     add_dir_argument(p)
     p.set_defaults(func=run)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.foreground:
-        raise DevloopError("watch needs --foreground", EX_USAGE)
     root = project_root(args.dir)
     cfg = config.load(root)
+    if not args.foreground:
+        started = background.start(root, cfg, max_bytes=args.log_max_bytes,
+                                   backups=args.log_backups, timeout=args.ready_timeout)
+        if started.code == EX_OK:
+            print(f"devloop: watching {root}: {started.message}")
+        else:
+            print(f"devloop: error: {started.message}", file=sys.stderr)
+        return started.code
     setup_logging(str(root))
     state_dir = statedir.ensure(root)
     statedir.acquire(state_dir, root)  # held until the process exits

@@ -9,6 +9,7 @@ systemd) or why it failed, and the parent reports that with the PID and exit sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -106,16 +107,16 @@ def _daemon(root: Path, cfg: Config, state_dir: Path, fd: int, max_bytes: int,
     for std in (0, 1, 2):
         os.dup2(null, std)
     os.close(null)
+    os.closerange(3, fd)  # inherited fds would keep a caller's pipe open ($(devloop watch))
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
     for name in MANAGER_ENV:  # a manager above the shell must not take us for its service
         os.environ.pop(name, None)
     pipe: list[int] = [fd]
 
     def send(line: str) -> None:
         if pipe:
-            try:
+            with contextlib.suppress(OSError):  # the parent gave up waiting: nobody to tell
                 os.write(pipe[0], f"{line}\n".encode())
-            except OSError:
-                pass  # the parent gave up waiting: nobody to tell
 
     def ready() -> None:
         send("ready")

@@ -96,6 +96,16 @@ def _read(path: Path) -> tuple[bytes | None, str | None]:
         os.close(fd)
 
 
+def read_heartbeat(project_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The heartbeat's JSON object, or None when missing or unreadable (for metrics)."""
+    raw, _ = _read(heartbeat_path(project_dir))
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _is_devloop_daemon(pid: int) -> bool | None:
     """True/False from the process's command line; None when it cannot be read."""
     try:

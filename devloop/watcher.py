@@ -49,10 +49,14 @@ class WatchLimitError(Exception):
 
 
 def max_user_watches() -> int:
-    try:
-        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
-    except (OSError, ValueError):
-        return -1
+    """The limit in force: the sysctl, or a lower one set for this user namespace."""
+    limits = []
+    for path in ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches"):
+        try:
+            limits.append(int(Path(path).read_text()))
+        except (OSError, ValueError):
+            pass
+    return min(limits, default=-1)
 
 
 def watch_limit_message(needed: int, limit: int) -> str:

@@ -1,0 +1,79 @@
+"""init, run and status from the command line, on real projects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+
+def devloop(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "devloop", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_init_writes_loadable_defaults_and_gitignore(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("*.o")
+    r = devloop("init", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    data = tomllib.loads((tmp_path / "devloop.toml").read_text())
+    assert "python-syntax" in data["checks"]
+    assert (tmp_path / ".gitignore").read_text() == "*.o\n.devloop/\n"
+    again = devloop("init", str(tmp_path))
+    assert again.returncode == 73 and "already exists" in again.stderr
+    assert (tmp_path / ".gitignore").read_text().count(".devloop/") == 1
+
+
+def test_run_whole_project_then_files(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(
+        "[checks.syntax]\n"
+        f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+        'patterns = ["*.py"]\n'
+    )
+    (tmp_path / "ok.py").write_text("x = 1\n")
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "bad.py").write_text("def (\n")  # ignored
+    r = devloop("run", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "bad.py").write_text("def (\n")
+    r = devloop("run", str(tmp_path))
+    assert r.returncode == 1
+    assert "sub/bad.py:1:" in r.stdout
+    status = json.loads(devloop("status", str(tmp_path), "--json").stdout)
+    assert status[0]["files"] is None  # the whole project
+    assert [f["file"] for f in status[0]["findings"]] == ["sub/bad.py"]
+    r = devloop("run", str(tmp_path), "--files", "ok.py")
+    assert r.returncode == 0
+    status = json.loads(devloop("status", str(tmp_path), "--json").stdout)
+    assert status[0]["files"] == ["ok.py"]
+    assert [f["file"] for f in status[0]["findings"]] == ["sub/bad.py"]  # kept: not rechecked
+
+
+def test_status_without_results_is_66(tmp_path: Path) -> None:
+    r = devloop("status", str(tmp_path))
+    assert r.returncode == 66 and "no results yet" in r.stderr
+
+
+def test_command_not_found_is_an_error_outcome(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(
+        '[checks.nope]\ncommand = ["no-such-tool-xyz"]\npatterns = ["*"]\n'
+    )
+    r = devloop("run", str(tmp_path))
+    assert r.returncode == 1
+    assert "! nope: error" in r.stdout
+    assert "cannot start 'no-such-tool-xyz'" in r.stdout
+
+
+def test_huge_output_is_bounded(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(
+        '[checks.loud]\ncommand = ["head -c 300000000 /dev/zero | tr \'\\\\0\' x; echo END"]\n'
+        'shell = true\npatterns = ["*"]\n'
+    )
+    r = devloop("run", str(tmp_path))
+    assert r.returncode == 0, r.stdout
+    status = json.loads(devloop("status", str(tmp_path), "--json").stdout)
+    assert status[0]["output"].rstrip().endswith("END")
+    assert len(status[0]["output"]) <= 64 * 1024

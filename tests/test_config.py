@@ -1,0 +1,129 @@
+"""devloop.toml: strict validation, one line naming file and key, exit 78; defaults."""
+
+from __future__ import annotations
+
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devloop import config
+from devloop.errors import EX_CONFIG, DevloopError
+
+GOOD = '[checks.a]\ncommand = ["true"]\npatterns = ["*.py"]\n'
+
+
+def load_error(root: Path, text: str) -> str:
+    (root / "devloop.toml").write_text(text)
+    with pytest.raises(DevloopError) as info:
+        config.load(root)
+    assert info.value.code == EX_CONFIG
+    assert "\n" not in info.value.message
+    assert str(root / "devloop.toml") in info.value.message
+    return info.value.message
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    (GOOD + "bogus = 1\n", "checks.a.bogus", "unknown key"),
+    ("colour = 1\n" + GOOD, "colour", "unknown key"),
+    ('[checks.a]\ncommand = "true"\npatterns = ["*"]\n', "checks.a.command", "list of strings"),
+    ('[checks.a]\ncommand = []\npatterns = ["*"]\n', "checks.a.command", "must not be empty"),
+    ('[checks.a]\ncommand = ["x"]\n', "checks.a.patterns", "missing"),
+    ('[checks.a]\ncommand = ["x"]\npatterns = ["[z-a]"]\n', "checks.a.patterns", "bad pattern"),
+    (GOOD + "debounce_ms = -1\n", "checks.a.debounce_ms", ">= 0"),
+    (GOOD + "debounce_ms = 1.5\n", "checks.a.debounce_ms", "integer"),
+    (GOOD + "timeout_s = true\n", "checks.a.timeout_s", "number"),
+    (GOOD + 'on_busy = "later"\n', "checks.a.on_busy", '"queue" or "restart"'),
+    (GOOD + 'run_on_start = "yes"\n', "checks.a.run_on_start", "true or false"),
+    ('[checks.a]\ncommand = ["a", "b"]\nshell = true\npatterns = ["*"]\n', "checks.a.command",
+     "one string"),
+    ('[checks.a]\ncommand = ["x {files}"]\nshell = true\npatterns = ["*"]\n', "checks.a.command",
+     "never reach a shell"),
+    ("max_parallel = 0\n" + GOOD, "max_parallel", ">= 1"),
+    ('ignore = "build"\n' + GOOD, "ignore", "list of strings"),
+    ("heartbeat_interval = 0\n" + GOOD, "heartbeat_interval", ">= 1"),
+    ("checks = 3\n", "checks", "table"),
+    ("", "checks", "at least one"),
+])
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str,
+                                       problem: str) -> None:
+    message = load_error(tmp_path, text)
+    assert f": {key}: " in message
+    assert problem in message
+
+
+def test_invalid_toml_and_bytes(tmp_path: Path) -> None:
+    assert "invalid TOML" in load_error(tmp_path, "[checks\n")
+    (tmp_path / "devloop.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(DevloopError, match="not UTF-8"):
+        config.load(tmp_path)
+
+
+def test_the_file_is_never_rewritten(tmp_path: Path) -> None:
+    text = GOOD + "bogus = 1\n"
+    load_error(tmp_path, text)
+    assert (tmp_path / "devloop.toml").read_text() == text
+
+
+def test_cli_exit_78_one_line_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(GOOD + "debounce_ms = 'soon'\n")
+    for args in (["watch", "--foreground"], ["run"]):
+        r = subprocess.run([sys.executable, "-m", "devloop", *args, str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 78
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert "checks.a.debounce_ms: must be an integer" in r.stderr
+
+
+def test_defaults_without_config_work_with_nothing_installed(tmp_path: Path) -> None:
+    cfg = config.load(tmp_path)
+    assert cfg.source is None
+    names = [c.name for c in cfg.checks]
+    assert names[0] == "python-syntax"
+    assert "pytest" not in names  # no tests directory
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "mypy").write_text("#!/bin/sh\n")
+    (venv_bin / "mypy").chmod(0o755)
+    (tmp_path / "tests").mkdir()
+    by_name = {c.name: c for c in config.load(tmp_path).checks}
+    assert by_name["mypy"].command[0] == ".venv/bin/mypy"
+
+
+toml_scalars = st.one_of(
+    st.integers(-5, 10**6), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.text(string.printable, max_size=12), st.lists(st.text(max_size=5), max_size=3),
+    st.lists(st.integers(), max_size=3),
+)
+keys = st.sampled_from(["command", "patterns", "shell", "debounce_ms", "timeout_s",
+                        "run_on_start", "on_busy", "bogus"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(check=st.dictionaries(keys, toml_scalars, max_size=8),
+       top=st.dictionaries(st.sampled_from(["ignore", "max_parallel", "heartbeat_interval",
+                                            "junk"]), toml_scalars, max_size=3))
+def test_any_structure_loads_or_is_one_config_error(check: dict[str, object],
+                                                    top: dict[str, object]) -> None:
+    data = {**top, "checks": {"c": check}}
+    try:
+        config.parse(data, "devloop.toml")
+    except DevloopError as exc:
+        assert exc.code == EX_CONFIG
+        assert exc.message.startswith("devloop.toml: ") and "\n" not in exc.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_any_text_loads_or_is_one_config_error(tmp_path_factory: pytest.TempPathFactory,
+                                               text: str) -> None:
+    root = tmp_path_factory.mktemp("cfg")
+    (root / "devloop.toml").write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        config.load(root)
+    except DevloopError as exc:
+        assert exc.code == EX_CONFIG and "\n" not in exc.message

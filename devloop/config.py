@@ -55,6 +55,7 @@ class Config:
     max_parallel: int = 2
     heartbeat_interval: float = 30.0
     source: Path | None = None  # None: built-in defaults
+    metrics_textfile: Path | None = None  # node_exporter textfile, rewritten each heartbeat
 
 
 def _fail(where: str, key: str, problem: str) -> DevloopError:
@@ -137,7 +138,7 @@ def _check(where: str, name: str, table: object) -> Check:
 
 
 def parse(data: Mapping[str, Any], where: str) -> Config:
-    known = {"checks", "ignore", "max_parallel", "heartbeat_interval"}
+    known = {"checks", "ignore", "max_parallel", "heartbeat_interval", "metrics_textfile"}
     for k in data:
         if k not in known:
             raise _fail(where, k, "unknown key")
@@ -156,7 +157,17 @@ def parse(data: Mapping[str, Any], where: str) -> Config:
         heartbeat_interval=_number(
             where, "heartbeat_interval", data.get("heartbeat_interval", 30), minimum=1
         ),
+        metrics_textfile=_textfile(where, data.get("metrics_textfile")),
     )
+
+
+def _textfile(where: str, value: object) -> Path | None:
+    """node_exporter reads only *.prom files, and the daemon's cwd is no place to guess."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.endswith(".prom") or not os.path.isabs(value):
+        raise _fail(where, "metrics_textfile", 'must be an absolute path ending in ".prom"')
+    return Path(value)
 
 
 def load(root: Path) -> Config:
@@ -181,6 +192,7 @@ def load(root: Path) -> Config:
         max_parallel=cfg.max_parallel,
         heartbeat_interval=cfg.heartbeat_interval,
         source=path,
+        metrics_textfile=cfg.metrics_textfile,
     )
 
 

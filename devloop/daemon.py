@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
+from devloop import metrics
 from devloop.config import Config
 from devloop.core import daemon_health
 from devloop.errors import EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
@@ -266,6 +267,8 @@ class Daemon:
             daemon_health.write_heartbeat(self.state_dir, record)
         except OSError as exc:
             self._io_failed(f"cannot write the heartbeat in {self.state_dir}: {exc.strerror}")
+        if self.config.metrics_textfile is not None:
+            metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
 

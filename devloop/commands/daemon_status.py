@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from devloop import nagios
 from devloop.commands import Subparsers, add_dir_argument
 from devloop.core.daemon_health import ERROR, HEALTHY, check_daemon_health
 
@@ -22,6 +23,13 @@ def add_parser(sub: Subparsers) -> None:
     )
     add_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--nagios", action="store_true",
+                   help="one line in the Nagios plugin format; exit 0 OK, 1 WARNING, "
+                   "2 CRITICAL, 3 UNKNOWN")
+    p.add_argument("--warning", type=float, metavar="SECONDS",
+                   help="--nagios: heartbeat age for WARNING (default: 2 intervals, 60)")
+    p.add_argument("--critical", type=float, metavar="SECONDS",
+                   help="--nagios: heartbeat age for CRITICAL (default: 4 intervals, 120)")
     p.set_defaults(func=run)
 
 
@@ -40,6 +48,10 @@ def format_duration(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nagios:
+        code, line = nagios.check(args.dir, args.warning, args.critical)
+        print(line)
+        return code
     health = check_daemon_health(args.dir)
     if args.json:
         print(json.dumps(health, indent=2))

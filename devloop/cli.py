@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from devloop import __version__
-from devloop.commands import daemon_status, init, metrics, run, status, stop, watch
+from devloop.commands import (
+    daemon_status,
+    init,
+    metrics,
+    run,
+    service,
+    status,
+    stop,
+    watch,
+)
 from devloop.errors import EX_USAGE, DevloopError
 from devloop.systemd import stderr_is_journal
 
@@ -35,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
-    for module in (init, watch, status, run, daemon_status, stop, metrics):
+    for module in (init, watch, status, run, daemon_status, stop, metrics, service):
         module.add_parser(sub)
     return parser
 

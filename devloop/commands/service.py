@@ -1,0 +1,130 @@
+"""`devloop service install|uninstall NAME`: run a project under systemd or supervisord."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+from devloop import installed, service
+from devloop.commands import Subparsers, project_root
+from devloop.errors import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, DevloopError
+
+ROOT_ENV = "DEVLOOP_INSTALL_ROOT"
+
+
+def add_parser(sub: Subparsers) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "service",
+        help="install or remove a systemd (or supervisord) service for a project",
+        description="install: write the unit template (if missing or outdated) and the "
+        "instance's drop-in (user, project directory, this devloop's absolute path), then "
+        "print the systemctl commands (--now runs them). uninstall: undo exactly that. "
+        "Only files marked 'installed by devloop' are ever overwritten or removed.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in ("install", "uninstall"):
+        a = actions.add_parser(action, help=f"{action} the service of one project")
+        a.add_argument("name", metavar="NAME", help="instance name: devloop@NAME.service, "
+                       "or program devloop-NAME with --supervisor")
+        if action == "install":
+            a.add_argument("--dir", default=".", help="the project (default: the current "
+                           "directory)")
+            a.add_argument("--executable", metavar="PATH", help="the devloop to run "
+                           "(default: this one)")
+        a.add_argument("--user", help="the user the daemon runs as (default: the owner of "
+                       "--dir; uninstall: you)")
+        kind = a.add_mutually_exclusive_group()
+        kind.add_argument("--user-unit", action="store_true", help="a systemd --user unit "
+                          "in ~USER/.config/systemd/user instead of a system unit")
+        kind.add_argument("--supervisor", action="store_true", help="a supervisord program "
+                          "in /etc/supervisor/conf.d instead of a systemd unit")
+        a.add_argument("--now", action="store_true", help="also run the systemctl or "
+                       "supervisorctl commands")
+        a.add_argument("--print", action="store_true", dest="dry_run",
+                       help="show the files and commands; change nothing")
+        a.add_argument("--root", type=Path, default=os.environ.get(ROOT_ENV) or None,
+                       help=f"write under this directory instead of / (tests; ${ROOT_ENV})")
+        a.set_defaults(func=run)
+
+
+def _kind(args: argparse.Namespace) -> str:
+    return service.USER if args.user_unit else service.SUPERVISOR if args.supervisor \
+        else service.SYSTEM
+
+
+def _run_commands(cmds: list[list[str]]) -> None:
+    for cmd in cmds:
+        print(f"$ {service.shell(cmd)}", flush=True)
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DevloopError(f"{service.shell(cmd)}: {exc}", EX_TEMPFAIL) from None
+        if r.returncode != 0:
+            why = (r.stderr.strip().splitlines() or ["no message"])[-1]
+            raise DevloopError(f"{service.shell(cmd)} failed (exit {r.returncode}): {why}",
+                               EX_TEMPFAIL)
+
+
+def _show(cmds: list[list[str]], heading: str) -> None:
+    if cmds:
+        print(heading)
+        for cmd in cmds:
+            print(f"  {service.shell(cmd)}")
+
+
+def install(args: argparse.Namespace) -> int:
+    project = project_root(args.dir)
+    user = args.user or pwd.getpwuid(project.stat().st_uid).pw_name
+    inst = service.make(_kind(args), args.name, project, user, args.executable, args.root)
+    blocked = False
+    for i, (path, text) in enumerate(service.files(inst)):
+        change = installed.put(path, text, owner=inst.owner, dry_run=args.dry_run)
+        print(change)
+        blocked |= change.action == installed.FOREIGN and (i > 0 or inst.kind ==
+                                                           service.SUPERVISOR)
+        if args.dry_run:
+            print(f"---- {path}\n{text}----")
+    if blocked:
+        raise DevloopError("the instance's own file was not written by devloop: move it "
+                           "away or edit it yourself", EX_CANTCREAT)
+    cmds = service.install_commands(inst)
+    if args.now and not args.dry_run:
+        _run_commands(cmds)
+    else:
+        _show(cmds, "then run:")
+    print(f"health: devloop daemon-status {service.shell([str(project)])}")
+    return EX_OK
+
+
+def uninstall(args: argparse.Namespace) -> int:
+    user = args.user or pwd.getpwuid(os.geteuid()).pw_name
+    inst = service.make(_kind(args), args.name, Path("/"), user, None, args.root)
+    before, after = service.uninstall_commands(inst)
+    if inst.kind != service.SUPERVISOR and inst.wants_link.is_symlink() and not args.now:
+        raise DevloopError(f"{inst.unit} is enabled: run '{service.shell(before[0])}' first, "
+                           "or add --now", EX_TEMPFAIL)
+    if args.now and not args.dry_run:
+        _run_commands(before)
+    if inst.kind == service.SUPERVISOR:
+        paths = [inst.supervisor_path]
+    else:
+        paths = [inst.dropin_path]
+        if not service.other_instances(inst):
+            paths.append(inst.template_path)
+    for path in paths:
+        print(installed.remove(path, dry_run=args.dry_run))
+    if args.now and not args.dry_run:
+        _run_commands(after)
+    elif inst.kind == service.SUPERVISOR:
+        _show(after, "then run:")
+    else:  # not enabled, but it may still run: stop works on the loaded unit
+        _show([[*before[0][:-2], "stop", inst.unit], *after], "then run:")
+    return EX_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    return install(args) if args.action == "install" else uninstall(args)

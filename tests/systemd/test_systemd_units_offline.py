@@ -98,15 +98,15 @@ def test_system_template_security_exposure(tmp_path: pathlib.Path) -> None:
     assert r.returncode == 0, r.stdout
 
 
-def test_system_template_key_settings() -> None:
+def test_system_template_key_settings(tmp_path: pathlib.Path) -> None:
     """The settings issue 3 asks for, as systemd itself parses them (json output)."""
-    r = _analyze("security", "--offline=true", "--json=short", str(SYSTEM_UNIT))
-    items = {x["name"]: x for x in json.loads(r.stdout)} if r.returncode == 0 else {}
+    r = _analyze("security", "--offline=true", "--json=short", str(_system_copy(tmp_path)))
+    items = {x["name"]: x for x in json.loads(r.stdout)}
     for name in ("NoNewPrivileges=", "CapabilityBoundingSet=~CAP_SYS_ADMIN", "PrivateTmp=",
                  "PrivateDevices=", "RestrictNamespaces=~user", "RestrictSUIDSGID=",
-                 "LockPersonality=", "User=/DynamicUser="):
-        if items:
-            assert items[name]["set"] is True, (name, items.get(name))
+                 "LockPersonality=", "User=/DynamicUser=", "ProtectSystem=", "ProtectHome="):
+        assert name in items, (name, sorted(items))
+        assert items[name]["exposure"] in (None, "0.0", "0.1"), (name, items[name])
     text = SYSTEM_UNIT.read_text()
     for line in ("Type=notify", "NotifyAccess=main", "Restart=always", "RestartSec=5s",
                  "StartLimitBurst=5", "StartLimitIntervalSec=600",

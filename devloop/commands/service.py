@@ -122,7 +122,7 @@ def uninstall(args: argparse.Namespace) -> int:
     elif inst.kind == service.SUPERVISOR:
         _show(after, "then run:")
     else:  # not enabled, but it may still run: stop works on the loaded unit
-        _show([[*before[0][:-2], "stop", inst.unit], *after], "then run:")
+        _show([[*before[0][:-3], "stop", inst.unit], *after], "then run:")
     return EX_OK
 
 

@@ -16,6 +16,7 @@ from devloop.commands import (
     service,
     status,
     stop,
+    update_hooks,
     watch,
 )
 from devloop.errors import EX_USAGE, DevloopError
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
-    for module in (init, watch, status, run, daemon_status, stop, metrics, service):
+    for module in (init, watch, status, run, daemon_status, stop, metrics, service,
+                   update_hooks):
         module.add_parser(sub)
     return parser
 

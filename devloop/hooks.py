@@ -1,0 +1,45 @@
+"""The project's git pre-commit hook: the checks on the staged files block a bad commit."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from devloop import installed
+
+HOOK = """#!/bin/sh
+{header}# Runs the devloop checks that the staged files trigger, on those files; a failing
+# check blocks the commit. Skip it once with: git commit --no-verify
+DEVLOOP=${{DEVLOOP:-{exe}}}
+cd {subdir} || exit 1
+git diff --cached --name-only --diff-filter=ACMR -z{relative} |
+    xargs -0 -r $DEVLOOP run . --files && exit 0
+echo "devloop: a check failed on the staged files: commit blocked (--no-verify skips)" >&2
+exit 1
+"""
+
+
+def _git(project: Path, *args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True,
+                           timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def hook_path(project: Path) -> Path | None:
+    """Where git looks for the pre-commit hook (core.hooksPath aware); None: not a repo."""
+    rel = _git(project, "rev-parse", "--git-path", "hooks/pre-commit")
+    return None if rel is None else (project / rel).resolve()
+
+
+def hook_text(project: Path, executable: str) -> str:
+    top = _git(project, "rev-parse", "--show-toplevel") or str(project)
+    sub = project.resolve().relative_to(Path(top).resolve()).as_posix()
+    return HOOK.format(
+        header=installed.header(), exe=shlex.quote(executable),
+        subdir='"$(git rev-parse --show-toplevel)"' + (f"/{shlex.quote(sub)}" if sub != "."
+                                                       else ""),
+        relative=f" --relative={shlex.quote(sub)}" if sub != "." else "")

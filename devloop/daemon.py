@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
-from devloop import metrics
+from devloop import metrics, reaper
 from devloop.config import Config
 from devloop.core import daemon_health
 from devloop.errors import EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
@@ -55,6 +55,7 @@ class Daemon:
         self.notifier = notifier
         self.started = time.monotonic()
         self.store = Store.open(state_dir)
+        self.ledger = reaper.GroupLedger(state_dir)
         self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
         self.scheduler: Scheduler | None = None
         self.exit_code = EX_OK
@@ -79,11 +80,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        reaper.become_subreaper()
+        self.ledger.kill_leftovers()
         try:
             await self._initial_walk()
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
-                                       self.watcher.all_files)
+                                       self.watcher.all_files, ledger=self.ledger)
             self._heartbeat()
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
@@ -124,6 +127,7 @@ class Daemon:
         loop.remove_reader(self.watcher.fileno())
         if self.scheduler is not None:
             await self.scheduler.stop()
+        reaper.reap_orphans()
         self.watcher.close()
         daemon_health.remove_heartbeat(self.state_dir)
         self.store.close()
@@ -240,6 +244,12 @@ class Daemon:
                    "DEVLOOP_EXIT_CODE": "" if run.exit_code is None else str(run.exit_code)},
         )
         self._update_status()
+        asyncio.get_running_loop().call_soon(self._reap_when_idle)
+
+    def _reap_when_idle(self) -> None:
+        """Escaped grandchildren are killed once no check runs (they may be its helpers)."""
+        if self.scheduler is not None and not self.scheduler.running:
+            reaper.reap_orphans()
 
     # -- timers ---------------------------------------------------------------------
     def _watchdog(self) -> None:

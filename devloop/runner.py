@@ -20,6 +20,7 @@ from pathlib import Path
 
 from devloop.config import FILES_PLACEHOLDER, Check
 from devloop.findings import Finding, parse
+from devloop.reaper import LIVE_LEADERS, GroupLedger, die_with_parent
 from devloop.store import Outcome, Run
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,9 @@ class CheckRun:
     """One run of one check. `await run()`; `cancel()` stops it from elsewhere on the loop."""
 
     def __init__(self, check: Check, root: Path, files: Sequence[str], *, whole: bool,
-                 environ: Mapping[str, str]) -> None:
+                 environ: Mapping[str, str], ledger: GroupLedger | None = None) -> None:
         self.check = check
+        self.ledger = ledger
         self.root = root
         self.files = tuple(files)
         self.whole = whole
@@ -120,15 +122,20 @@ class CheckRun:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             reason = "argument list too long" if exc.errno == errno.E2BIG else exc.strerror
             msg = f"devloop: cannot start {argv[0]!r}: {reason}"
             return self._result(started, t0, None, "error", msg), []
         self._proc = proc
+        LIVE_LEADERS.add(proc.pid)
+        if self.ledger is not None:
+            self.ledger.add(proc.pid)
         assert proc.stdout is not None
         reader = asyncio.create_task(self._read(proc.stdout, out))
         waiter = asyncio.create_task(proc.wait())
+        waiter.add_done_callback(lambda _: LIVE_LEADERS.discard(proc.pid))
         cancel = asyncio.create_task(self._cancelled.wait())
         outcome: Outcome | None = None
         try:
@@ -146,6 +153,8 @@ class CheckRun:
             cancel.cancel()
             # Whatever is left of the group (grandchildren) goes with the check.
             _kill_group(proc.pid, signal.SIGKILL)
+            if self.ledger is not None:
+                self.ledger.remove(proc.pid)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(reader), 1.0)
             if not reader.done():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from devloop.config import Check, Config
 from devloop.findings import Finding
+from devloop.reaper import GroupLedger
 from devloop.runner import CheckRun
 from devloop.store import Run
 
@@ -46,8 +47,10 @@ class Scheduler:
         on_result: ResultHandler,
         all_files: Callable[[], Iterable[str]],
         environ: Mapping[str, str] | None = None,
+        ledger: GroupLedger | None = None,
     ) -> None:
         self.root = root
+        self.ledger = ledger
         self.on_result = on_result
         self.all_files = all_files
         self.environ = dict(os.environ if environ is None else environ)
@@ -76,6 +79,10 @@ class Scheduler:
             s.task is not None or s.timer is not None or s.pending or s.whole
             for s in self._states.values()
         )
+
+    @property
+    def running(self) -> bool:
+        return any(s.task is not None for s in self._states.values())
 
     def changed(self, paths: Iterable[str]) -> int:
         """Note changed paths; returns how many checks they trigger."""
@@ -170,7 +177,7 @@ class Scheduler:
                         break
                     files, whole = taken
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
-                                             environ=self.environ)
+                                             environ=self.environ, ledger=self.ledger)
                     try:
                         run, findings = await state.current.run()
                     finally:

@@ -52,10 +52,8 @@ def max_user_watches() -> int:
     """The limit in force: the sysctl, or a lower one set for this user namespace."""
     limits = []
     for path in ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches"):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             limits.append(int(Path(path).read_text()))
-        except (OSError, ValueError):
-            pass
     return min(limits, default=-1)
 
 

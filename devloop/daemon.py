@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from devloop import config as config_mod
 from devloop import metrics, reaper
 from devloop.config import Config
 from devloop.core import daemon_health
-from devloop.errors import EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -33,6 +34,9 @@ from devloop.watcher import Watcher, WatchLimitError
 log = logging.getLogger("devloop")
 
 STATUS_MIN_INTERVAL_S = 0.25
+DB_BUSY_TIMEOUT_S = 0.2  # the loop never waits longer for a lock held by another process
+DB_RETRY_S = 1.0
+MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
@@ -54,7 +58,13 @@ class Daemon:
         self.config = config
         self.notifier = notifier
         self.started = time.monotonic()
-        self.store = Store.open(state_dir)
+        try:
+            self.store = Store.open(state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+        except (sqlite3.Error, OSError) as exc:
+            raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
+                               EX_CANTCREAT) from None
+        self._unsaved: deque[tuple[Run, list[Finding]]] = deque()
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.ledger = reaper.GroupLedger(state_dir)
         self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
         self.scheduler: Scheduler | None = None
@@ -63,7 +73,8 @@ class Daemon:
         self.failing: set[str] = set()
         self.check_stats: dict[str, dict[str, Any]] = {}  # for the heartbeat and metrics
         self.config_problem: str | None = None
-        self.io_problem: str | None = None
+        self.db_problem: str | None = None
+        self.heartbeat_problem: str | None = None
         self._stop = asyncio.Event()
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
@@ -227,7 +238,7 @@ class Daemon:
             self.failing.add(run.check)
         elif run.outcome == "pass":
             self.failing.discard(run.check)
-        self._db(self.store.record, run, findings)
+        self._save(run, findings)
         detail = ""
         if run.outcome == "fail":
             first = f": {findings[0].file}:{findings[0].line} {findings[0].message}" if findings \
@@ -276,32 +287,78 @@ class Daemon:
         try:
             daemon_health.write_heartbeat(self.state_dir, record)
         except OSError as exc:
-            self._io_failed(f"cannot write the heartbeat in {self.state_dir}: {exc.strerror}")
+            problem = f"cannot write the heartbeat in {self.state_dir}: {exc.strerror}"
+            if problem != self.heartbeat_problem:
+                log.error("%s", problem)
+            self.heartbeat_problem = problem
+        else:
+            if self.heartbeat_problem:
+                log.info("heartbeat written again")
+            self.heartbeat_problem = None
+        if self._unsaved:
+            self._flush()
         if self.config.metrics_textfile is not None:
             metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
 
-    def _db(self, fn: Callable[..., object], *args: object) -> None:
-        """A database write that fails is logged once, and the daemon keeps watching."""
+    def _save(self, run: Run, findings: list[Finding]) -> None:
+        """Runs are saved in order; those the database refuses wait in memory for a retry."""
+        self._unsaved.append((run, findings))
+        if len(self._unsaved) > MAX_UNSAVED:
+            self._unsaved.popleft()
+            log.error("more than %d runs could not be saved: dropping the oldest", MAX_UNSAVED)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._unsaved:
+            if not self._db(self.store.record, *self._unsaved[0]):
+                if self._flush_handle is None:
+                    self._flush_handle = asyncio.get_running_loop().call_later(
+                        DB_RETRY_S, self._retry_flush)
+                return
+            self._unsaved.popleft()
+
+    def _retry_flush(self) -> None:
+        self._flush_handle = None
+        self._flush()
+
+    def _db(self, fn: Callable[..., object], *args: object) -> bool:
+        """A database write; a failure is logged once and the daemon keeps watching.
+
+        A database that turns out corrupt is moved aside and started afresh.
+        """
         try:
             fn(*args)
-        except (sqlite3.Error, OSError) as exc:
-            self._io_failed(f"cannot write results to {self.state_dir}: {exc}")
+        except sqlite3.OperationalError as exc:  # locked, disk full, read-only
+            problem = f"cannot write results to {self.state_dir}: {exc}"
+        except sqlite3.DatabaseError as exc:
+            log.error("results database failed (%s): reopening it", exc)
+            self.store.close()
+            try:
+                self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+            except (sqlite3.Error, OSError) as exc2:
+                problem = f"cannot reopen the results database in {self.state_dir}: {exc2}"
+            else:
+                return self._db(fn, *args)
+        except OSError as exc:
+            problem = f"cannot write results to {self.state_dir}: {exc.strerror}"
         else:
-            if self.io_problem and "results" in self.io_problem:
+            if self.db_problem:
                 log.info("results database writable again")
-                self.io_problem = None
-
-    def _io_failed(self, message: str) -> None:
-        if message != self.io_problem:
-            log.error("%s", message)
-        self.io_problem = message
-        self._update_status()
+                self.db_problem = None
+                self._update_status()
+            return True
+        if problem != self.db_problem:
+            log.error("%s", problem)
+            self.db_problem = problem
+            self._update_status()
+        return False
 
     # -- status ---------------------------------------------------------------------
     def problem(self) -> str | None:
-        return self.watcher.problem or self.io_problem or self.config_problem
+        return (self.watcher.problem or self.db_problem or self.heartbeat_problem
+                or self.config_problem)
 
     def status_text(self) -> str:
         parts = [f"watching {self.watcher.watch_count:,} dirs",
@@ -310,6 +367,8 @@ class Daemon:
             r = self.last_run
             parts.append(f"last {r.check} {r.outcome} {r.duration:.2f}s")
         parts.append(f"{len(self.failing)} failing")
+        if self.scheduler is not None and self.scheduler.loops:
+            parts.append(f"self-triggering: {', '.join(self.scheduler.loops)}")
         problem = self.problem()
         if problem:
             parts.append(f"PROBLEM: {problem}")

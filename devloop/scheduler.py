@@ -4,6 +4,12 @@ Per check: a trailing debounce (a burst of saves is one run, capped so a file
 that never stops changing still gets checked), at most one run in flight, and
 `on_busy`: "queue" keeps one coalesced rerun, "restart" cancels the running one.
 Across checks: at most `max_parallel` run at once.
+
+A check that rewrites the files it watches would trigger itself forever. When
+LOOP_RUNS runs in a row were each triggered only by the same files, changed
+while the check itself was running, it is declared a loop: changes that arrive
+during its runs no longer trigger it (and are logged), changes made while it
+is idle still do, and those end the loop state.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from devloop.store import Run
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 5.0  # a debounce never delays a run longer than this
+LOOP_RUNS = 10
 
 ResultHandler = Callable[[Run, list[Finding]], None]
 
@@ -37,6 +44,10 @@ class _State:
     timer: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     current: CheckRun | None = None
+    changed_while_running: set[str] = field(default_factory=set)
+    last_trigger: frozenset[str] = frozenset()
+    self_streak: int = 0
+    looping: frozenset[str] = frozenset()  # files of a detected self-trigger loop
 
 
 class Scheduler:
@@ -81,6 +92,11 @@ class Scheduler:
         )
 
     @property
+    def loops(self) -> dict[str, frozenset[str]]:
+        """Checks caught re-triggering themselves, with the files they keep writing."""
+        return {name: s.looping for name, s in self._states.items() if s.looping}
+
+    @property
     def running(self) -> bool:
         return any(s.task is not None for s in self._states.values())
 
@@ -90,6 +106,18 @@ class Scheduler:
         triggered = 0
         for state in self._states.values():
             matched = [p for p in paths if state.check.matches(p)]
+            if not matched:
+                continue
+            if state.current is not None:
+                state.changed_while_running.update(matched)
+                if state.looping and state.looping.issuperset(matched):
+                    continue  # its own writes: see the module docstring
+            else:
+                state.self_streak = 0
+                if state.looping:
+                    log.info("check %s: changed while idle, watching it again",
+                             state.check.name)
+                    state.looping = frozenset()
             if matched:
                 state.pending.update(matched)
                 self._arm(state)
@@ -168,6 +196,23 @@ class Scheduler:
             return None  # only deletions: the caller already dropped their findings
         return existing, False
 
+    def _detect_loop(self, state: _State) -> None:
+        trigger = frozenset(state.pending)
+        own = bool(trigger) and not state.whole and trigger <= state.changed_while_running
+        if own and trigger == state.last_trigger:
+            state.self_streak += 1
+        else:
+            state.self_streak = 1 if own else 0
+        state.last_trigger = trigger
+        state.changed_while_running = set()
+        if state.self_streak >= LOOP_RUNS and not state.looping:
+            state.looping = trigger
+            state.pending.clear()
+            log.warning(
+                "check %s keeps changing the files it checks (%s): %d runs in a row were "
+                "triggered by its own writes; changes made while it runs no longer trigger it",
+                state.check.name, ", ".join(sorted(trigger)[:5]), state.self_streak)
+
     async def _run(self, state: _State) -> None:
         try:
             while True:
@@ -187,6 +232,7 @@ class Scheduler:
                         state.whole = True
                     else:
                         state.pending.update(files)
+                self._detect_loop(state)
                 self.on_result(run, findings)
                 if not (state.pending or state.whole) or state.timer is not None:
                     break  # nothing queued, or a debounce timer will start the next run

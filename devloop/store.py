@@ -71,7 +71,15 @@ class CheckState:
 
 
 def _private_file(path: Path) -> None:
-    """Create the file 0600 before SQLite does, refusing a planted symlink."""
+    """Create the file 0600 before SQLite does; a planted symlink is moved aside, not followed.
+
+    SQLite gives the -wal and -shm files the database file's permissions.
+    """
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.is_symlink():
+            aside = p.with_name(f"{p.name}.symlink-{int(time.time())}")
+            log.warning("%s is a symlink: moved aside to %s, not followed", p, aside.name)
+            os.replace(p, aside)
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.close(fd)
 
@@ -81,14 +89,17 @@ class Store:
         self.conn = conn
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> Store:
+    def open(cls, state_dir: Path, *, readonly: bool = False, busy_timeout: float = 5.0
+             ) -> Store:
+        """busy_timeout: how long a write waits for another process's lock (the daemon's
+        loop must not wait long: it keeps the run and retries later instead)."""
         path = state_dir / DB_NAME
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout)
             return cls(conn)
         _private_file(path)
         try:
-            return cls._open_rw(path)
+            return cls._open_rw(path, busy_timeout)
         except sqlite3.DatabaseError as exc:
             aside = path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
             log.error("results database %s is unusable (%s): moved aside to %s, starting afresh",
@@ -98,11 +109,11 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
             _private_file(path)
-            return cls._open_rw(path)
+            return cls._open_rw(path, busy_timeout)
 
     @classmethod
-    def _open_rw(cls, path: Path) -> Store:
-        conn = sqlite3.connect(path, timeout=5, isolation_level=None)
+    def _open_rw(cls, path: Path, busy_timeout: float) -> Store:
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

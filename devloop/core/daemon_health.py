@@ -30,17 +30,54 @@ def heartbeat_path(project_dir: str | os.PathLike[str]) -> Path:
     return Path(project_dir) / STATE_DIR / HEARTBEAT_NAME
 
 
+def _padded(data: dict[str, Any]) -> bytes:
+    """JSON padded with spaces to whole 4 KiB blocks, so that a later record fits in place."""
+    raw = json.dumps(data).encode()
+    size = (len(raw) // 4096 + 1) * 4096
+    return raw + b" " * (size - len(raw) - 1) + b"\n"
+
+
 def write_heartbeat(state_dir: Path, data: dict[str, Any]) -> None:
-    """Write to a new private file in the same directory, then rename over the old one."""
-    fd, tmp = tempfile.mkstemp(prefix=".heartbeat-", dir=state_dir)  # O_EXCL, mode 0600
+    """Write to a new private file in the same directory, then rename over the old one.
+
+    On a full disk the new file cannot be created: the record is then written over
+    the old one in place (same size, already allocated), so the daemon can still
+    say why it is unhealthy.
+    """
+    raw = _padded(data)
+    target = state_dir / HEARTBEAT_NAME
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, state_dir / HEARTBEAT_NAME)  # replaces a planted symlink, never follows
-    except BaseException:
+        fd, tmp = tempfile.mkstemp(prefix=".heartbeat-", dir=state_dir)  # O_EXCL, mode 0600
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and _overwrite(target, raw):
+            return
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, target)  # replaces a planted symlink, never follows it
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                and _overwrite(target, raw)):
+            return
         raise
+
+
+def _overwrite(target: Path, raw: bytes) -> bool:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_size != len(raw):
+            return False
+        return os.pwrite(fd, raw, 0) == len(raw)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def remove_heartbeat(state_dir: Path) -> None:

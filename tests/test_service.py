@@ -1,0 +1,127 @@
+"""`devloop service install/uninstall`: real files, then loaded by a real nested systemd."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ops_helpers import REPO, devloop, devloop_exe, make_project
+
+sys.path.insert(0, str(REPO / "tests" / "systemd"))
+import systemd_harness as h  # the systemd helper's harness, tests/systemd/
+
+
+def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", "[checks.a]\ncommand = [\"true\"]\n"
+                           "patterns = [\"*\"]\n")
+    root = tmp_path / "root"
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    unit_dir = root / "etc" / "systemd" / "system"
+    template = unit_dir / "devloop@.service"
+    dropin = unit_dir / "devloop@proj.service.d" / "instance.conf"
+    shipped = (REPO / "units" / "devloop@.service").read_text()
+    assert template.read_text().split("\n", 1)[1] == shipped
+    assert template.read_text().startswith("# installed by devloop ")
+    text = dropin.read_text()
+    assert f"Environment=DEVLOOP_PROJECT_DIR={project}\n" in text
+    assert f"ReadWritePaths=-{project}/.devloop\n" in text
+    assert f"ExecStart=\nExecStart={devloop_exe()} watch --foreground " in text
+    assert "systemctl enable --now devloop@proj.service" in r.stdout
+    again = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    assert again.stdout.count("unchanged") == 2
+
+    # uninstall: refuses while enabled, then removes exactly what it wrote
+    wants = unit_dir / "multi-user.target.wants"
+    wants.mkdir()
+    (wants / "devloop@proj.service").symlink_to(template)
+    busy = devloop("service", "uninstall", "proj", "--root", str(root))
+    assert busy.returncode == 75 and "systemctl disable --now" in busy.stderr
+    (wants / "devloop@proj.service").unlink()
+    gone = devloop("service", "uninstall", "proj", "--root", str(root))
+    assert gone.returncode == 0, gone.stderr
+    assert not template.exists() and not dropin.parent.exists()
+    assert sorted(p.name for p in unit_dir.iterdir()) == ["multi-user.target.wants"]
+
+
+def test_print_writes_nothing_and_foreign_files_stay(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", "")
+    root = tmp_path / "root"
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
+                "--print", "--user-unit")
+    assert r.returncode == 0, r.stderr
+    assert "would be created" in r.stdout and "[Service]" in r.stdout
+    assert not root.exists()
+    unit_dir = root / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "devloop@.service").write_text("[Service]\nExecStart=/bin/true\n")
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    assert r.returncode == 0 and "left alone" in r.stdout
+    assert (unit_dir / "devloop@.service").read_text() == "[Service]\nExecStart=/bin/true\n"
+    r = devloop("service", "uninstall", "proj", "--root", str(root))
+    assert "left alone" in r.stdout and (unit_dir / "devloop@.service").exists()
+
+
+@pytest.mark.parametrize("args, code", [
+    (["install", "bad/name"], 64),
+    (["install", "p", "--dir", "/nonexistent/dir"], 66),
+    (["install", "p", "--user", "no-such-user-here"], 67),
+])
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], code: int) -> None:
+    r = devloop("service", *args, "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+# -- the real thing: files written by `service install` inside a nested systemd -----------
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.NestedSystemd]:
+    ok, why = h.can_boot()
+    if not ok:
+        pytest.skip(why)
+    wheel = h.build_wheel(REPO, tmp_path_factory.mktemp("svc-wheel"))
+    sd = h.NestedSystemd(home_tmpfs=True, private_tmp=True,
+                         binds=[(str(wheel.parent), h.WHEEL_DIR_NS)])
+    sd.start()
+    try:
+        sd.run(["/usr/bin/python3", "-m", "venv", h.VENV])
+        sd.run([f"{h.VENV}/bin/pip", "install", "-q", "--disable-pip-version-check",
+                f"{h.WHEEL_DIR_NS}/{wheel.name}"], timeout=900)
+        sd.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", h.USER])
+        yield sd
+    finally:
+        sd.stop()
+
+
+@pytest.mark.systemd
+def test_installed_files_run_under_real_systemd(nested: h.NestedSystemd) -> None:
+    sd = nested
+    project = f"{h.HOME}/dev/svc"
+    sd.write_file(f"{project}/devloop.toml", "heartbeat_interval = 2\n[checks.ok]\n"
+                  'command = ["true"]\npatterns = ["*.txt"]\n', owner=h.USER)
+    exe = f"{h.VENV}/bin/devloop"
+    r = sd.run([exe, "service", "install", "svc", "--dir", project, "--now"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$ systemctl enable --now devloop@svc.service" in r.stdout
+    dropin = sd.run(["cat", f"{h.UNIT_DIR_NS}/devloop@svc.service.d/instance.conf"]).stdout
+    assert f"User={h.USER}\n" in dropin  # the owner of --dir
+    assert f"ExecStart={exe} watch --foreground" in dropin
+    shown = sd.show("devloop@svc.service", "ActiveState", "User", "MainPID", "DropInPaths")
+    assert shown["ActiveState"] == "active" and shown["User"] == h.USER
+    h.wait_for(lambda: sd.as_user(h.USER, [exe, "daemon-status", project], check=False)
+               .returncode == 0, what="HEALTHY")
+    health = json.loads(sd.as_user(h.USER, [exe, "daemon-status", project, "--json"]).stdout)
+    assert health["pid"] == int(shown["MainPID"])
+
+    r = sd.run([exe, "service", "uninstall", "svc", "--now"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sd.show("devloop@svc.service", "ActiveState")["ActiveState"] == "inactive"
+    left = sd.run(["sh", "-c", f"ls -A {h.UNIT_DIR_NS}; ls -A {h.UNIT_DIR_NS}/*.wants 2>&1"],
+                  check=False).stdout
+    assert "devloop" not in left, left
+    assert not pathlib.Path("/etc/systemd/system/devloop@svc.service.d").exists()  # host: no

@@ -59,8 +59,8 @@ class Scale:
     small_queue: int  # fs.inotify.max_queued_events for the overflow storm
 
 
-FULL = Scale("full", 10_000, 100_000, 20_000, 20_000, 200, 60.0, 50_000, 30.0, 2.5, 64)
-QUICK = Scale("quick", 100, 1_000, 200, 200, 20, 5.0, 1_000, 8.0, 1.5, 16)
+FULL = Scale("full", 10_000, 100_000, 20_000, 20_000, 200, 60.0, 50_000, 30.0, 2.5, 1024)
+QUICK = Scale("quick", 100, 1_000, 200, 200, 20, 5.0, 1_000, 8.0, 1.5, 64)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -319,6 +319,7 @@ class Ctx:
     tree: Tree
     recorder: Path
     scale: Scale
+    ready_timeout: float = 120.0
 
 
 @dataclass
@@ -360,7 +361,7 @@ def spawn(
 
 
 def wait_watches_stable(
-    proc: subprocess.Popen[bytes], t0: float, stable_s: float, timeout: float = 300.0
+    proc: subprocess.Popen[bytes], t0: float, stable_s: float, timeout: float = 120.0
 ) -> float:
     """Ready = the moment the inotify watch count reached the value it then kept for stable_s."""
     last = -1
@@ -381,7 +382,7 @@ def wait_watches_stable(
 
 
 def wait_event(
-    proc: subprocess.Popen[bytes], ev: threading.Event, t0: float, timeout: float = 300.0
+    proc: subprocess.Popen[bytes], ev: threading.Event, t0: float, timeout: float = 120.0
 ) -> None:
     while not ev.wait(0.005):
         if proc.poll() is not None:
@@ -472,7 +473,7 @@ class InotifyWait(Tool):
         th.start()
         r = Running(proc, logdir, 0.0, "`Watches established.` on stderr", threads=[th])
         try:
-            wait_event(proc, ready, t0)
+            wait_event(proc, ready, t0, ctx.ready_timeout)
         except ToolError:
             self.stop(r)
             raise
@@ -508,7 +509,7 @@ class Entr(Tool):
         )
         r = Running(proc, logdir, 0.0, "inotify watch count stable")
         try:
-            r.startup_s = wait_watches_stable(proc, t0, 1.0)
+            r.startup_s = wait_watches_stable(proc, t0, 1.0, ctx.ready_timeout)
         except ToolError:
             self.stop(r)
             raise
@@ -540,9 +541,9 @@ class Watchmedo(Tool):
             "shell-command",
             "--recursive",
             "--patterns",
-            "*.txt",
+            "**/*.txt",
             "--ignore-patterns",
-            "*/node_modules/*",
+            "**/node_modules/**",
             "--drop",
             "--command",
             f'{ctx.recorder} "${{watch_src_path}}"',
@@ -551,8 +552,8 @@ class Watchmedo(Tool):
 
     def describe(self, ctx: Ctx) -> str:
         return (
-            "`watchmedo shell-command --recursive --patterns '*.txt' --ignore-patterns "
-            "'*/node_modules/*' --drop --command 'RECORDER \"${watch_src_path}\"' TREE`"
+            "`watchmedo shell-command --recursive --patterns '**/*.txt' --ignore-patterns "
+            "'**/node_modules/**' --drop --command 'RECORDER \"${watch_src_path}\"' TREE`"
         )
 
     def start(self, ctx: Ctx, logdir: Path) -> Running:
@@ -560,7 +561,7 @@ class Watchmedo(Tool):
         proc = spawn(self.argv(ctx), ctx, logdir)
         r = Running(proc, logdir, 0.0, "inotify watch count stable")
         try:
-            r.startup_s = wait_watches_stable(proc, t0, 1.0)
+            r.startup_s = wait_watches_stable(proc, t0, 1.0, ctx.ready_timeout)
         except ToolError:
             self.stop(r)
             raise
@@ -608,7 +609,7 @@ class Watchfiles(Tool):
         proc = spawn(self.argv(ctx), ctx, logdir)
         r = Running(proc, logdir, 0.0, "inotify watch count stable")
         try:
-            r.startup_s = wait_watches_stable(proc, t0, 1.0)
+            r.startup_s = wait_watches_stable(proc, t0, 1.0, ctx.ready_timeout)
         except ToolError:
             self.stop(r)
             raise
@@ -786,7 +787,7 @@ class DevLoop(Tool):
             proc, logdir, 0.0, "READY=1 on NOTIFY_SOCKET", threads=[th], extra={"notify": messages}
         )
         try:
-            wait_event(proc, ready, t0)
+            wait_event(proc, ready, t0, ctx.ready_timeout)
         except ToolError:
             self.stop(r)
             close()
@@ -884,16 +885,27 @@ def phase_reaction(r: Running, ctx: Ctx, tool: Tool) -> dict[str, Any]:
     return out
 
 
-def phase_storm(r: Running, ctx: Ctx, tool: Tool, label: str) -> dict[str, Any]:
+def phase_storm(
+    r: Running, ctx: Ctx, tool: Tool, label: str, pause: bool = False
+) -> dict[str, Any]:
     wait_quiet(r, 1.0, 30)
     targets = ctx.tree.files[: ctx.scale.storm_files]
     skip = set(os.listdir(r.logdir))
     write_times: list[int] = []
     payload = f"{label} {time.time_ns()}\n".encode()
+    paused = session_pids(r.proc.pid) if pause else []
+    for pid in paused:  # frozen tools cannot drain the kernel queue: it overflows for certain
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     t_start = time.time_ns()
-    for rel in targets:
-        write_times.append(write_file(ctx.tree.root / rel, payload))
-    t_end = time.time_ns()
+    try:
+        for rel in targets:
+            write_times.append(write_file(ctx.tree.root / rel, payload))
+    finally:
+        t_end = time.time_ns()
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     finished = wait_quiet(r, ctx.scale.quiet_s, ctx.scale.drain_max_s)
     alive = r.proc.poll() is None
     runs = [x for x in read_runs(r.logdir, ctx.tree.root, skip) if x.ts_ns >= t_start]
@@ -906,6 +918,7 @@ def phase_storm(r: Running, ctx: Ctx, tool: Tool, label: str) -> dict[str, Any]:
     by_names = not isinstance(tool, Entr)
     return {
         "files": len(targets),
+        "paused_during_writes": pause,
         "max_queued_events": int(QUEUE_SYSCTL.read_text()),
         "write_s": round((t_end - t_start) / 1e9, 2),
         "runs": len(runs),
@@ -978,9 +991,13 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
     try:
         with small_queue(ctx.scale.small_queue) as old:
             res["queue_default"] = old
-            r2 = tool.start(ctx, logdir)
+            ctx.ready_timeout = 60.0
             try:
-                res["storm_overflow"] = phase_storm(r2, ctx, tool, "overflow")
+                r2 = tool.start(ctx, logdir)
+            finally:
+                ctx.ready_timeout = 120.0
+            try:
+                res["storm_overflow"] = phase_storm(r2, ctx, tool, "overflow", pause=True)
             finally:
                 tool.stop(r2)
     except Exception as e:

@@ -113,27 +113,32 @@ class CheckRun:
         t0 = time.monotonic()
         argv = build_argv(self.check, self.files)
         out = _Output()
+        # Our own pipe, not asyncio's: a process that escapes the group and keeps the
+        # pipe open must not keep the run from ending (asyncio waits for its pipes).
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=self.root,
                 env=check_environment(self.environ),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=wfd,
+                stderr=wfd,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
         except OSError as exc:
+            os.close(rfd)
             reason = "argument list too long" if exc.errno == errno.E2BIG else exc.strerror
             msg = f"devloop: cannot start {argv[0]!r}: {reason}"
             return self._result(started, t0, None, "error", msg), []
+        finally:
+            os.close(wfd)
         self._proc = proc
         LIVE_LEADERS.add(proc.pid)
         if self.ledger is not None:
             self.ledger.add(proc.pid)
-        assert proc.stdout is not None
-        reader = asyncio.create_task(self._read(proc.stdout, out))
+        eof = self._read(rfd, out)
         waiter = asyncio.create_task(proc.wait())
         waiter.add_done_callback(lambda _: LIVE_LEADERS.discard(proc.pid))
         cancel = asyncio.create_task(self._cancelled.wait())
@@ -156,12 +161,10 @@ class CheckRun:
             if self.ledger is not None:
                 self.ledger.remove(proc.pid)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(reader), 1.0)
-            if not reader.done():
-                # An escaped process still holds the pipe: stop listening to it.
-                reader.cancel()
-                if proc._transport is not None:  # type: ignore[attr-defined]
-                    proc._transport.close()  # type: ignore[attr-defined]
+                # the rest of the output; an escaped process may hold the pipe for ever
+                await asyncio.wait_for(asyncio.shield(eof), 1.0)
+            asyncio.get_running_loop().remove_reader(rfd)
+            os.close(rfd)
         code = proc.returncode
         if outcome is None:
             if code == 0:
@@ -185,9 +188,29 @@ class CheckRun:
             await waiter
 
     @staticmethod
-    async def _read(stream: asyncio.StreamReader, out: _Output) -> None:
-        while chunk := await stream.read(READ_CHUNK):
-            out.feed(chunk)
+    def _read(fd: int, out: _Output) -> asyncio.Future[None]:
+        """Feed `out` from the pipe on the loop; the future is done at end of file."""
+        loop = asyncio.get_running_loop()
+        eof: asyncio.Future[None] = loop.create_future()
+        os.set_blocking(fd, False)
+
+        def readable() -> None:
+            for _ in range(16):  # up to 1 MiB per turn of the loop, then let others run
+                try:
+                    data = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    loop.remove_reader(fd)
+                    if not eof.done():
+                        eof.set_result(None)
+                    return
+                out.feed(data)
+
+        loop.add_reader(fd, readable)
+        return eof
 
     def _result(self, started: float, t0: float, code: int | None, outcome: Outcome,
                 text: str) -> Run:

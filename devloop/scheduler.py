@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 5.0  # a debounce never delays a run longer than this
 LOOP_RUNS = 10
+RUN_TAIL_S = 0.25  # a change seen this soon after a run ended may still be the run's own
 
 ResultHandler = Callable[[Run, list[Finding]], None]
 
@@ -47,6 +48,7 @@ class _State:
     changed_while_running: set[str] = field(default_factory=set)
     last_trigger: frozenset[str] = frozenset()
     self_streak: int = 0
+    ended_at: float = float("-inf")
     looping: frozenset[str] = frozenset()  # files of a detected self-trigger loop
 
 
@@ -108,7 +110,8 @@ class Scheduler:
             matched = [p for p in paths if state.check.matches(p)]
             if not matched:
                 continue
-            if state.current is not None:
+            now = asyncio.get_running_loop().time()
+            if state.current is not None or now - state.ended_at < RUN_TAIL_S:
                 state.changed_while_running.update(matched)
                 if state.looping and state.looping.issuperset(matched):
                     continue  # its own writes: see the module docstring
@@ -227,6 +230,7 @@ class Scheduler:
                         run, findings = await state.current.run()
                     finally:
                         state.current = None
+                        state.ended_at = asyncio.get_running_loop().time()
                 if run.outcome == "cancelled":
                     if whole:
                         state.whole = True

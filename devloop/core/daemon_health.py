@@ -214,7 +214,8 @@ def _check(project: Path) -> dict[str, Any]:
     if age > 2 * interval:
         return _result(
             UNHEALTHY,
-            f"last heartbeat {age:.0f}s ago, more than twice its interval ({interval:g}s)",
+            f"last heartbeat {age:.0f}s ago, more than twice its interval ({interval:g}s): "
+            "the daemon is hung or stopped, or cannot write .devloop/ (read-only? full?)",
             **known,
         )
     if not _alive(pid):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pathspec
 
 from devloop.errors import EX_CONFIG, DevloopError
+from devloop.ignore import compile_spec, matchable
 
 CONFIG_NAME = "devloop.toml"
 FILES_PLACEHOLDER = "{files}"
@@ -38,14 +39,14 @@ class Check:
     spec: pathspec.GitIgnoreSpec = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "spec", pathspec.GitIgnoreSpec.from_lines(self.patterns))
+        object.__setattr__(self, "spec", compile_spec(self.patterns))
 
     @property
     def takes_files(self) -> bool:
         return FILES_PLACEHOLDER in self.command
 
     def matches(self, relpath: str) -> bool:
-        return self.spec.match_file(relpath)
+        return self.spec.match_file(matchable(relpath))
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _str_list(where: str, key: str, value: object, *, globs: bool = False) -> tu
     if globs:
         for v in value:
             try:
-                pathspec.GitIgnoreSpec.from_lines([v])
+                compile_spec([v])
             except Exception as exc:  # pathspec raises several types for bad globs
                 raise _fail(where, key, f"bad pattern {v!r}: {exc}") from None
     return tuple(value)

@@ -105,6 +105,7 @@ class Daemon:
             self.notifier.ready(self.status_text())
             if self.on_ready is not None:
                 self.on_ready()
+            await self._sliced(self.watcher.fill_snapshot())
             self.scheduler.run_whole(on_start_only=True)
             await self._stop.wait()
         finally:
@@ -149,7 +150,11 @@ class Daemon:
 
     # -- events ---------------------------------------------------------------------
     def _on_inotify(self) -> None:
-        changes, overflow = self.watcher.read_events()
+        try:
+            changes, overflow = self.watcher.read_events()
+        except Exception:  # a bug must not cost a change: the rescan finds what it lost
+            log.exception("error while reading inotify events: rescanning")
+            changes, overflow = set(), True
         if self.watcher.root_gone:
             log.error("the project directory %s was deleted or moved away: exiting", self.root)
             self.stop(EX_NOINPUT)

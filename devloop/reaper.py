@@ -2,9 +2,10 @@
 
 - The daemon is a child subreaper: a grandchild that double-forks out of its
   check's group is re-parented to us, not to init, so we can still kill it.
-- A check's first process dies with the daemon (PR_SET_PDEATHSIG), even on SIGKILL.
 - The process groups of running checks are listed in `.devloop/checks.pids`, so a
   daemon restarted after a SIGKILL kills what the dead one left running.
+  (PR_SET_PDEATHSIG would kill a check's first process at once, but it needs a
+  preexec_fn, which makes every spawn a full fork: 3 ms instead of 0.2 ms here.)
 Under systemd the unit's cgroup catches everything anyway; this is for the rest.
 """
 
@@ -19,7 +20,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PIDS_NAME = "checks.pids"
 
@@ -29,11 +29,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def become_subreaper() -> None:
     if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
-
-
-def die_with_parent() -> None:
-    """preexec_fn of a check: SIGKILL when the daemon dies (the daemon has one thread)."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _start_time(pid: int) -> int | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from devloop.config import FILES_PLACEHOLDER, Check
 from devloop.findings import Finding, parse
-from devloop.reaper import LIVE_LEADERS, GroupLedger, die_with_parent
+from devloop.reaper import LIVE_LEADERS, GroupLedger
 from devloop.store import Outcome, Run
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ class CheckRun:
                 stdout=wfd,
                 stderr=wfd,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             os.close(rfd)

@@ -36,7 +36,7 @@ DIR_MASK = (
 )
 WALK_SLICE = 200  # directories per slice of a walk, between two yields to the event loop
 
-Stamp = tuple[int, int]  # (mtime_ns, size)
+Stamp = int  # hash((mtime_ns, size)): one small int per file keeps 100k files in a few MB
 
 
 class WatchLimitError(Exception):
@@ -71,28 +71,42 @@ def _join(reldir: str, name: str) -> str:
     return f"{reldir}/{name}" if reldir else name
 
 
+def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool
+             ) -> tuple[list[str], dict[str, Stamp]]:
+    """One directory: its subdirectories and (with files=True) its files, ignored ones left out.
+
+    rules.load_dir(reldir) must have been called: its .gitignore applies here.
+    """
+    subdirs: list[str] = []
+    stamps: dict[str, Stamp] = {}
+    try:
+        with os.scandir(f"{root}/{reldir}" if reldir else root) as it:
+            for entry in it:
+                rel = _join(reldir, entry.name)
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not rules.is_ignored(rel, True):
+                            subdirs.append(rel)
+                    elif files and not rules.is_ignored(rel, False):
+                        st = entry.stat(follow_symlinks=False)
+                        stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
+                except OSError:
+                    continue  # gone since listed
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
+    return subdirs, stamps
+
+
 def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
     """Every file that is not ignored, without watching anything (for `devloop run`)."""
     stack = [""]
     while stack:
         reldir = stack.pop()
         rules.load_dir(reldir)
-        try:
-            with os.scandir(root / reldir if reldir else root) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for entry in entries:
-            rel = _join(reldir, entry.name)
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-            except OSError:
-                continue
-            if not rules.is_ignored(rel, is_dir):
-                if is_dir:
-                    stack.append(rel)
-                else:
-                    yield rel
+        subdirs, stamps = scan_dir(str(root), reldir, rules, files=True)
+        stack.extend(subdirs)
+        yield from (_join(reldir, name) for name in stamps)
 
 
 class Watcher:
@@ -100,6 +114,7 @@ class Watcher:
 
     def __init__(self, root: Path, rules: IgnoreRules) -> None:
         self.root = root
+        self._root = str(root)  # the walk joins strings: pathlib is too slow for 100k files
         self.rules = rules
         self.inotify = INotify(nonblocking=True)
         self._wd_dir: dict[int, str] = {}
@@ -108,6 +123,7 @@ class Watcher:
         self.rescans = 0
         self.root_gone = False
         self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
+        self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
 
     # -- public ---------------------------------------------------------------------
     def fileno(self) -> int:
@@ -134,10 +150,24 @@ class Watcher:
     def walk_all(self, strict: bool = True) -> Iterator[int]:
         """The initial walk, as slices: yields the number of directories walked so far.
 
-        With strict=True an ENOSPC ends the walk in WatchLimitError, after counting how
-        many directories the project has, never leaving a silent half-watch.
+        It places the watches and lists directories only; `fill_snapshot` then stats
+        the files, after READY. With strict=True an ENOSPC ends the walk in
+        WatchLimitError, after counting how many directories the project has, never
+        leaving a silent half-watch.
         """
-        yield from self._walk("", None, strict=strict)
+        yield from self._walk("", None, strict=strict, files=False)
+
+    def fill_snapshot(self) -> Iterator[int]:
+        """Stat the files of the directories the initial walk only listed, in slices."""
+        done = 0
+        while self._unsnapped:
+            reldir = self._unsnapped.pop()
+            if reldir in self._dir_wd:
+                self.snapshot[reldir] = scan_dir(self._root, reldir, self.rules, files=True)[1]
+            done += 1
+            if done % WALK_SLICE == 0:
+                yield done
+        yield done
 
     def rescan(self, changes: set[str]) -> Iterator[int]:
         """Compare the tree with the snapshot, adding the differences to `changes`."""
@@ -196,20 +226,23 @@ class Watcher:
         return changes, overflow
 
     # -- internals ------------------------------------------------------------------
+    def _abs(self, rel: str) -> str:
+        return f"{self._root}/{rel}" if rel else self._root
+
     def _stamp(self, reldir: str, name: str) -> None:
         files = self.snapshot.setdefault(reldir, {})
         try:
-            st = os.lstat(self.root / reldir / name)
+            st = os.lstat(self._abs(_join(reldir, name)))
         except OSError:
             files.pop(name, None)
             return
         if stat.S_ISDIR(st.st_mode):
             files.pop(name, None)
         else:
-            files[name] = (st.st_mtime_ns, st.st_size)
+            files[name] = hash((st.st_mtime_ns, st.st_size))
 
     def _add_watch(self, reldir: str) -> int | None:
-        path = self.root / reldir if reldir else self.root
+        path = self._abs(reldir)
         try:
             wd = int(self.inotify.add_watch(path, DIR_MASK))
         except OSError as exc:
@@ -232,26 +265,24 @@ class Watcher:
         *,
         strict: bool = False,
         visited: set[str] | None = None,
+        files: bool = True,
     ) -> Iterator[int]:
+        """Watch top and below; snapshot their files, adding differences to `changes`."""
         stack = [top]
         walked = 0
         limit_hit = False
-        needed = 0
+        needed = 0  # directories found after the limit was hit (strict: for the message)
         while stack:
             reldir = stack.pop()
             if not limit_hit:
                 try:
-                    wd = self._add_watch(reldir)
-                except OSError:  # ENOSPC
+                    if self._add_watch(reldir) is None:
+                        continue  # vanished, or not a directory any more
+                except OSError:  # ENOSPC: the watch limit
                     limit_hit = True
-                    wd = None
-                    if not strict:
-                        self.unwatched.add(reldir)
+                    if not strict and not self.unwatched:  # log entering the state, once
                         log.error("%s", watch_limit_message(self.watch_count + 1,
                                                             max_user_watches()))
-                        continue
-                if wd is None and not limit_hit:
-                    continue
             if limit_hit:
                 if not strict:
                     self.unwatched.add(reldir)
@@ -260,35 +291,20 @@ class Watcher:
             self.rules.load_dir(reldir)
             if visited is not None:
                 visited.add(reldir)
-            files: dict[str, Stamp] = {}
-            try:
-                with os.scandir(self.root / reldir if reldir else self.root) as it:
-                    for entry in it:
-                        rel = _join(reldir, entry.name)
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                            if is_dir:
-                                if not self.rules.is_ignored(rel, True):
-                                    stack.append(rel)
-                                continue
-                            if self.rules.is_ignored(rel, False):
-                                continue
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        files[entry.name] = (st.st_mtime_ns, st.st_size)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
-            if not limit_hit:
-                old = self.snapshot.get(reldir, {})
+            subdirs, stamps = scan_dir(self._root, reldir, self.rules, files=files)
+            stack.extend(subdirs)
+            if limit_hit:
+                pass  # strict: only counting what the project needs
+            elif not files:
+                self._unsnapped.add(reldir)
+            else:
+                self._unsnapped.discard(reldir)
                 if changes is not None:
-                    for name, st_ in files.items():
-                        if old.get(name) != st_:
-                            changes.add(_join(reldir, name))
-                    for name in old.keys() - files.keys():
-                        changes.add(_join(reldir, name))
-                self.snapshot[reldir] = files
+                    old = self.snapshot.get(reldir, {})
+                    changes.update(_join(reldir, n) for n, st in stamps.items()
+                                   if old.get(n) != st)
+                    changes.update(_join(reldir, n) for n in old.keys() - stamps.keys())
+                self.snapshot[reldir] = stamps
             walked += 1
             if walked % WALK_SLICE == 0:
                 yield walked

@@ -69,9 +69,9 @@ def test_kill9_mid_run_leaves_no_orphan_after_restart(project: Path, tmp_path: P
     wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="check running")
     sleeper, leader = pids.read_text().split()
     d.stop(signal.SIGKILL)
-    wait_for(lambda: not alive(leader), what="leader dies with the daemon (PDEATHSIG)")
     start_daemon(project)
-    wait_for(lambda: not alive(sleeper), what="leftover group killed by the new daemon")
+    for pid in (leader, sleeper):
+        wait_for(lambda pid=pid: not alive(pid), what="leftover group killed by the new daemon")
     assert check_daemon_health(project)["status"] == "HEALTHY"
 
 

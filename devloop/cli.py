@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from devloop import __version__
-from devloop.commands import (
-    daemon_status,
-    init,
-    metrics,
-    run,
-    service,
-    status,
-    stop,
-    update_hooks,
-    watch,
-)
 from devloop.errors import EX_USAGE, DevloopError
 from devloop.systemd import stderr_is_journal
 
+# subcommand -> module in devloop/commands/
+COMMANDS = {
+    "init": "init",
+    "watch": "watch",
+    "status": "status",
+    "run": "run",
+    "daemon-status": "daemon_status",
+    "stop": "stop",
+    "metrics": "metrics",
+    "service": "service",
+    "update-hooks": "update_hooks",
+}
+
 EPILOG = """\
 exit codes: 0 ok; 1 a check failed (run, status) or the daemon is unhealthy (daemon-status);
-64 usage; 66 no such project directory, or it went away; 71 inotify watch limit reached;
-73 .devloop/ cannot be created; 75 another daemon already watches the project; 78 bad config.
+64 usage; 66 no such project directory, or it went away; 67 no such user (service);
+70 the detached daemon died before it was ready; 71 inotify watch limit reached;
+73 .devloop/ cannot be created; 75 another daemon already watches the project (or stop
+timed out); 78 bad config.
 """
 
 
@@ -35,7 +40,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's module is imported.
+
+    The daemon is one of those processes: it should not carry the HTTP server, the
+    Prometheus client and the installer in memory for months.
+    """
     parser = _Parser(
         prog="devloop",
         description="Watch a project and run its checks the moment a file changes.",
@@ -45,14 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
-    for module in (init, watch, status, run, daemon_status, stop, metrics, service,
-                   update_hooks):
-        module.add_parser(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"devloop.commands.{module}").add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first if first in COMMANDS else None).parse_args(argv)
     try:
         code: int = args.func(args)
     except DevloopError as exc:

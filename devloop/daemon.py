@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
-from devloop import metrics, reaper
+from devloop import reaper
 from devloop.config import Config
 from devloop.core import daemon_health
 from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
@@ -303,6 +303,8 @@ class Daemon:
         if self._unsaved:
             self._flush()
         if self.config.metrics_textfile is not None:
+            from devloop import metrics  # only where configured: prometheus_client is 3 MB
+
             metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)

@@ -88,8 +88,11 @@ class IgnoreRules:
         self._base = compile_spec(base)
         self._by_dir: dict[str, pathspec.GitIgnoreSpec] = {}
 
-    def load_dir(self, reldir: str) -> None:
-        """Read reldir/.gitignore (if any); call before walking into reldir's entries."""
+    def load_dir(self, reldir: str, present: bool = True) -> None:
+        """Read reldir/.gitignore, before matching reldir's entries; present=False: it has none."""
+        if not present:
+            self._by_dir.pop(reldir, None)
+            return
         path = Path(f"{self.root}/{reldir}/.gitignore" if reldir else f"{self.root}/.gitignore")
         lines = _read_lines(path)
         if lines:

@@ -271,7 +271,12 @@ class Watcher:
                 continue
             if self.rules.is_ignored(rel, False):
                 continue
-            self._stamp(reldir, ev.name)
+            st = self._stamp(reldir, ev.name)
+            if (mask & flags.CREATE and st is not None and stat.S_ISREG(st.st_mode)
+                    and st.st_nlink == 1):
+                # a new file being written: its IN_CLOSE_WRITE follows, and one save must
+                # be one change (a hard link, nlink > 1, gets no close: it counts now)
+                continue
             changes.add(rel)
         return changes, overflow
 
@@ -279,14 +284,15 @@ class Watcher:
     def _abs(self, rel: str) -> str:
         return f"{self._root}/{rel}" if rel else self._root
 
-    def _stamp(self, reldir: str, name: str) -> None:
+    def _stamp(self, reldir: str, name: str) -> os.stat_result | None:
         try:
             st = os.lstat(self._abs(_join(reldir, name)))
         except OSError:
             self.snapshot.update(reldir, name, None)
-            return
+            return None
         stamp = None if stat.S_ISDIR(st.st_mode) else hash((st.st_mtime_ns, st.st_size))
         self.snapshot.update(reldir, name, stamp)
+        return st
 
     def _add_watch(self, reldir: str) -> int | None:
         path = self._abs(reldir)

@@ -409,3 +409,21 @@ def test_threads_one_and_idle_no_wakeups(project: Path, tmp_path: Path,
     time.sleep(3)
     # no polling: with nothing changing and no timer due, the process sleeps
     assert switches() - before <= 2
+
+
+def test_new_file_is_one_change_and_links_count(project: Path, tmp_path: Path,
+                                                start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    write_config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))  # debounce 0
+    (project / "src.txt").write_text("x")
+    start_daemon(project)
+    with open(project / "new.txt", "w") as f:  # created, then written a while later
+        f.flush()
+        time.sleep(0.3)
+        f.write("content")
+    wait_for(lambda: read_runs(log), what="a run")
+    time.sleep(0.5)
+    assert [r["files"] for r in read_runs(log)] == [["new.txt"]]
+    os.link(project / "src.txt", project / "hard.txt")  # IN_CREATE only, no close
+    os.symlink("src.txt", project / "soft.txt")
+    wait_for(lambda: {"hard.txt", "soft.txt"} <= all_files(log), what="links")

@@ -31,20 +31,14 @@ def become_subreaper() -> None:
         log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
 
 
-def _start_time(pid: int) -> int | None:
+def _pgid_and_start(pid: int) -> tuple[int, int] | None:
+    """Process group and start time (clock ticks since boot), from /proc/PID/stat."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[2])
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return int(fields[2]), int(fields[19])
 
 
 class GroupLedger:
@@ -55,9 +49,9 @@ class GroupLedger:
         self.groups: dict[int, int] = {}
 
     def add(self, pgid: int) -> None:
-        start = _start_time(pgid)
-        if start is not None:
-            self.groups[pgid] = start
+        found = _pgid_and_start(pgid)
+        if found is not None:
+            self.groups[pgid] = found[1]
             self._write()
 
     def remove(self, pgid: int) -> None:
@@ -93,10 +87,12 @@ class GroupLedger:
                 if not entry.isdigit():
                     continue
                 pid = int(entry)
-                pgid = _pgid(pid)
-                start = _start_time(pid)
+                found = _pgid_and_start(pid)
+                if found is None:
+                    continue
+                pgid, start = found
                 # same group, and not older than the group's first process: not a reused id
-                if pgid in recorded and start is not None and start >= recorded[pgid]:
+                if pgid in recorded and start >= recorded[pgid]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                         killed += 1

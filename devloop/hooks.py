@@ -9,12 +9,13 @@ from pathlib import Path
 from devloop import installed
 
 HOOK = """#!/bin/sh
-{header}# Runs the devloop checks that the staged files trigger, on those files; a failing
-# check blocks the commit. Skip it once with: git commit --no-verify
+{header}# Runs the devloop checks that the staged files trigger, on those files (a result the
+# daemon stored after the files' last change is used as it is); a failing check blocks
+# the commit. Skip it once with: git commit --no-verify
 DEVLOOP=${{DEVLOOP:-{exe}}}
 cd {subdir} || exit 1
 git diff --cached --name-only --diff-filter=ACMR -z{relative} |
-    xargs -0 -r $DEVLOOP run . --files && exit 0
+    xargs -0 -r $DEVLOOP run . --reuse-fresh --files && exit 0
 echo "devloop: a check failed on the staged files: commit blocked (--no-verify skips)" >&2
 exit 1
 """

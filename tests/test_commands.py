@@ -77,3 +77,28 @@ def test_huge_output_is_bounded(tmp_path: Path) -> None:
     status = json.loads(devloop("status", str(tmp_path), "--json").stdout)
     assert status[0]["output"].rstrip().endswith("END")
     assert len(status[0]["output"]) <= 64 * 1024
+
+
+def test_run_reuses_fresh_results_only_while_fresh(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(
+        "[checks.syntax]\n"
+        f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+        'patterns = ["*.py"]\n'
+    )
+    (tmp_path / "ok.py").write_text("x = 1\n")
+    assert devloop("run", str(tmp_path)).returncode == 0
+
+    def runs() -> int:
+        import sqlite3
+        db = sqlite3.connect(tmp_path / ".devloop" / "devloop.db")
+        (n,) = db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        db.close()
+        return int(n)
+
+    r = devloop("run", str(tmp_path), "--reuse-fresh", "--files", "ok.py")
+    assert r.returncode == 0 and "still fresh" in r.stderr
+    assert runs() == 1
+    (tmp_path / "ok.py").write_text("def (\n")  # changed since: runs again, and fails
+    r = devloop("run", str(tmp_path), "--reuse-fresh", "--files", "ok.py")
+    assert r.returncode == 1 and "still fresh" not in r.stderr
+    assert runs() == 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import dataclasses
+import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,10 +18,8 @@ from devloop.errors import EX_FAIL, EX_OK
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
-from devloop.store import CheckState, Run, Store
+from devloop.store import DB_NAME, CheckState, Run, Store
 from devloop.watcher import scan_files
-
-log = logging.getLogger("devloop")
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -34,6 +34,10 @@ def add_parser(sub: Subparsers) -> None:
     add_dir_argument(p)
     p.add_argument("--files", nargs="+", metavar="FILE",
                    help="run as if these files (relative to DIR) had changed")
+    p.add_argument("--reuse-fresh", action="store_true",
+                   help="with --files: take a check's stored result (from the daemon) instead "
+                   "of running it, when that run covered these files and started after their "
+                   "last change (the git pre-commit hook uses this)")
     p.set_defaults(func=run)
 
 
@@ -41,10 +45,48 @@ def run(args: argparse.Namespace) -> int:
     root = project_root(args.dir)
     cfg = config.load(root)
     state_dir = statedir.ensure(root)
+    reused: list[CheckState] = []
+    if args.reuse_fresh and args.files:
+        reused = _fresh_results(root, state_dir, cfg, args.files)
+        names = {st.run.check for st in reused}
+        cfg = dataclasses.replace(cfg, checks=tuple(c for c in cfg.checks if c.name not in names))
     use_pidfd_child_watcher()
-    results = asyncio.run(_run_once(root, state_dir, cfg, args.files))
-    print(render(results))
+    results = reused + (asyncio.run(_run_once(root, state_dir, cfg, args.files))
+                        if cfg.checks else [])
+    print(render(sorted(results, key=lambda st: st.run.check)))
     return EX_FAIL if any(st.run.outcome in FAILING for st in results) else EX_OK
+
+
+def _fresh_results(root: Path, state_dir: Path, cfg: config.Config,
+                   files: list[str]) -> list[CheckState]:
+    """Stored results that still hold for `files`: the check's last run covered them all
+    (or the whole project) and started after each was last modified."""
+    if not (state_dir / DB_NAME).exists():
+        return []
+    try:
+        store = Store.open(state_dir, readonly=True)
+        try:
+            latest = {st.run.check: st for st in store.latest()}
+        finally:
+            store.close()
+    except sqlite3.Error:
+        return []
+    fresh = []
+    for check in cfg.checks:
+        st = latest.get(check.name)
+        triggered = [f for f in files if check.matches(f)]
+        if st is None or not triggered or st.run.outcome not in ("pass", "fail"):
+            continue
+        try:
+            newest = max(os.stat(root / f).st_mtime for f in triggered)
+        except OSError:
+            continue
+        covered = st.run.files is None or set(triggered) <= set(st.run.files)
+        if covered and st.run.started > newest:
+            print(f"{check.name}: {st.run.outcome} (the daemon's result, still fresh)",
+                  file=sys.stderr)
+            fresh.append(st)
+    return fresh
 
 
 async def _run_once(root: Path, state_dir: Path, cfg: config.Config,

@@ -342,22 +342,36 @@ def spawn(
     ctx: Ctx,
     logdir: Path,
     extra_env: dict[str, str] | None = None,
-    stderr: int | None = subprocess.DEVNULL,
+    stderr: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start a tool in a session of its own; its stderr goes to WORKDIR/stderr/<name>."""
+    if stderr is None:
+        errdir = ctx.workdir / "stderr"
+        errdir.mkdir(exist_ok=True)
+        errfile = errdir / logdir.name
+        with open(errfile, "ab") as f:
+            f.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+        stderr = os.open(errfile, os.O_WRONLY | os.O_APPEND)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
     env["BENCH_LOGDIR"] = str(logdir)
     if extra_env:
         env.update(extra_env)
-    return subprocess.Popen(
-        argv,
-        cwd=ctx.tree.root,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-    )
+    own_fd = isinstance(stderr, int) and stderr >= 0
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=ctx.tree.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    finally:
+        if own_fd:
+            assert isinstance(stderr, int)
+            os.close(stderr)
 
 
 def wait_watches_stable(
@@ -769,14 +783,12 @@ class DevLoop(Tool):
 
         th = threading.Thread(target=reader, daemon=True)
         th.start()
-        errlog = open(ctx.workdir / "devloop.stderr", "ab")  # noqa: SIM115
         t0 = time.monotonic()
         proc = spawn(
             [sys.executable, "-m", "devloop", "watch", "--foreground", str(ctx.tree.root)],
             ctx,
             logdir,
             extra_env={"NOTIFY_SOCKET": str(sock_path)},
-            stderr=errlog,
         )
 
         def close() -> None:
@@ -803,6 +815,25 @@ ALL_TOOLS: list[Tool] = [InotifyWait(), Entr(), Watchmedo(), Watchfiles(), Watch
 # --------------------------------------------------------------------------- phases
 
 
+def stderr_tail(ctx: Ctx, logdir: Path, n: int = 1) -> str:
+    text = read_text(str(ctx.workdir / "stderr" / logdir.name)) or ""
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("--- ")]
+    return " | ".join(lines[-n:])
+
+
+def wait_settled(r: Running, max_s: float = 60.0) -> float:
+    """Wait until the tool used no CPU for a whole second (start-up work done); seconds waited."""
+    t0 = time.monotonic()
+    last = usage(r.proc.pid, with_watches=False).cpu_s
+    while time.monotonic() - t0 < max_s:
+        time.sleep(1.0)
+        now = usage(r.proc.pid, with_watches=False).cpu_s
+        if now == last:
+            break
+        last = now
+    return round(time.monotonic() - t0, 1)
+
+
 def wait_quiet(r: Running, quiet_s: float, max_s: float) -> bool:
     """Wait until no new check run appeared for quiet_s; False if still busy after max_s."""
     t_end = time.monotonic() + max_s
@@ -818,13 +849,24 @@ def wait_quiet(r: Running, quiet_s: float, max_s: float) -> bool:
     return False
 
 
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in (read_text("/proc/stat") or "cpu 0").split("\n")[0].split()[1:]]
+    idle = sum(fields[3:5])
+    return sum(fields) - idle, sum(fields)
+
+
 def phase_idle(r: Running, ctx: Ctx) -> dict[str, Any]:
     wait_quiet(r, ctx.scale.quiet_s, 120)
+    settled = wait_settled(r)
     u0 = usage(r.proc.pid, with_watches=False)
+    b0 = machine_busy()
     t0 = time.monotonic()
     time.sleep(ctx.scale.idle_s)
     u1 = usage(r.proc.pid, with_watches=True)
+    b1 = machine_busy()
     span = time.monotonic() - t0
+    busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
     return {
         "idle_window_s": round(span, 2),
         "idle_cpu_s": round(u1.cpu_s - u0.cpu_s, 3),
@@ -832,7 +874,8 @@ def phase_idle(r: Running, ctx: Ctx) -> dict[str, Any]:
         "rss_mib": round(u1.rss_mib, 1),
         "watches": u1.watches,
         "procs": u1.procs,
-        "runs_while_idle": 0,
+        "machine_busy_pct_during_idle": round(100 * busy, 1),
+        "settled_after_ready_s": settled,
     }
 
 
@@ -889,6 +932,7 @@ def phase_storm(
     r: Running, ctx: Ctx, tool: Tool, label: str, pause: bool = False
 ) -> dict[str, Any]:
     wait_quiet(r, 1.0, 30)
+    settled = wait_settled(r)
     targets = ctx.tree.files[: ctx.scale.storm_files]
     skip = set(os.listdir(r.logdir))
     write_times: list[int] = []
@@ -919,6 +963,7 @@ def phase_storm(
     return {
         "files": len(targets),
         "paused_during_writes": pause,
+        "settled_before_s": settled,
         "max_queued_events": int(QUEUE_SYSCTL.read_text()),
         "write_s": round((t_end - t_start) / 1e9, 2),
         "runs": len(runs),
@@ -929,6 +974,7 @@ def phase_storm(
         "drained": finished,
         "tool_alive": alive,
         "last_run_after_end_ms": round((last_run - t_end) / 1e6, 1) if runs else None,
+        "stderr_tail": "" if alive else stderr_tail(ctx, r.logdir, 3)[:500],
     }
 
 
@@ -955,6 +1001,7 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
         log(f"{tool.name}: skipped ({reason})")
         return res
     res["version"] = tool.version()
+    res["loadavg_at_start"] = " ".join((read_text("/proc/loadavg") or "").split()[:3])
     logdir = ctx.workdir / "logs" / tool.name.split()[0]
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
@@ -963,6 +1010,12 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
         r = tool.start(ctx, logdir)
     except (ToolError, subprocess.TimeoutExpired, OSError) as e:
         res["error"] = f"start-up: {e}"
+        tail = stderr_tail(ctx, logdir)
+        if tail:
+            res["error"] += f"; its stderr ends: {tail[:300]}"
+            res["stderr_lines"] = len(
+                (read_text(str(ctx.workdir / "stderr" / logdir.name)) or "").splitlines()
+            )
         log(f"{tool.name}: {res['error']}")
         return res
     try:
@@ -1002,6 +1055,9 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
                 tool.stop(r2)
     except Exception as e:
         res["storm_overflow"] = {"error": f"{type(e).__name__}: {e}"}
+        tail = stderr_tail(ctx, logdir)
+        if tail:
+            res["storm_overflow"]["error"] += f"; its stderr ends: {tail[:300]}"
         log(f"{tool.name}: overflow storm: {e}")
     return res
 
@@ -1055,14 +1111,11 @@ def install(skip_devloop: bool) -> list[str]:
         res = sh([sys.executable, "-m", "pip", "install", "-q", *pip])
         if res.returncode != 0:
             notes.append(f"pip install {' '.join(pip)} failed: {first_line(res.stderr)}")
-    if want_devloop:
-        try:
-            import devloop  # noqa: F401
-        except ImportError:
-            log(f"pip install -e {REPO}")
-            res = sh([sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO)])
-            if res.returncode != 0:
-                notes.append(f"pip install -e {REPO} failed: {first_line(res.stderr)}")
+    if want_devloop:  # every time: the dependencies may have changed since the last run
+        log(f"pip install -e {REPO}")
+        res = sh([sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO)])
+        if res.returncode != 0:
+            notes.append(f"pip install -e {REPO} failed: {first_line(res.stderr)}")
     return notes
 
 
@@ -1180,15 +1233,20 @@ def targets(results: list[dict[str, Any]], tree: Tree) -> str:
         f"{fmt(dl.get('watches'), ',')} vs {tree.dirs:,}",
         dl.get("watches") == tree.dirs,
     )
-    polling = [r for r in others if r["tool"] != "DevLoop" and "idle_wakeups" in r]
+    # a polling tool wakes up on its own at idle: at least once per 10 s of the window
+    polling = [
+        r
+        for r in others
+        if r["tool"] != "DevLoop"
+        and r.get("idle_wakeups", 0) >= max(1.0, r.get("idle_window_s", 0) / 10)
+    ]
     if polling and "idle_wakeups" in dl:
-        worst = min(polling, key=lambda r: r["idle_wakeups"])
-        waker = max(polling, key=lambda r: r["idle_wakeups"])
+        least = min(polling, key=lambda r: r["idle_wakeups"])
+        names = ", ".join(f"{r['tool']} {r['idle_wakeups']:,}" for r in polling)
         row(
             "idle: >=10x fewer wake-ups than any polling tool",
-            f"{dl['idle_wakeups']:,} vs {waker['tool']} {waker['idle_wakeups']:,} "
-            f"(quietest peer: {worst['tool']} {worst['idle_wakeups']:,})",
-            dl["idle_wakeups"] * 10 <= waker["idle_wakeups"],
+            f"{dl['idle_wakeups']:,} vs polling tools: {names}",
+            dl["idle_wakeups"] * 10 <= least["idle_wakeups"],
         )
     if "rss_mib" in dl:
         row("memory < 40 MB RSS", f"{dl['rss_mib']:.1f} MiB", dl["rss_mib"] * 1.048576 < 40)
@@ -1234,7 +1292,9 @@ def details(results: list[dict[str, Any]]) -> str:
         if "idle_cpu_s" in r:
             out.append(
                 f"- idle {r['idle_window_s']} s: CPU {r['idle_cpu_s']} s, voluntary "
-                f"context switches {r['idle_wakeups']:,}; RSS {r['rss_mib']} MiB"
+                f"context switches {r['idle_wakeups']:,}; RSS {r['rss_mib']} MiB; the whole "
+                f"machine was {r.get('machine_busy_pct_during_idle')}% busy meanwhile (load "
+                f"average when the tool started: {r.get('loadavg_at_start')})"
             )
         for key in ("storm", "storm_overflow"):
             s = r.get(key)

@@ -34,6 +34,9 @@ class Notifier:
         if self.socket_path:
             try:
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
+                # never block the loop on a receiver that does not read: a full socket
+                # drops the message (and says so) instead of hanging the daemon
+                self._notifier.socket.setblocking(False)
             except OSError as exc:
                 log.error("cannot reach NOTIFY_SOCKET %s: %s", self.socket_path, exc)
         usec = env.get("WATCHDOG_USEC", "")

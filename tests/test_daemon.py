@@ -427,3 +427,32 @@ def test_new_file_is_one_change_and_links_count(project: Path, tmp_path: Path,
     os.link(project / "src.txt", project / "hard.txt")  # IN_CREATE only, no close
     os.symlink("src.txt", project / "soft.txt")
     wait_for(lambda: {"hard.txt", "soft.txt"} <= all_files(log), what="links")
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_loop(project: Path, tmp_path: Path,
+                                                            start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    write_config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    sock = tmp_path / "deaf.sock"
+    # a receiver that never reads, with a queue of 4 datagrams: in a network namespace of
+    # its own, so the host's net.unix.max_dgram_qlen is left alone
+    deaf = subprocess.Popen(
+        ["unshare", "--net", sys.executable, "-c",
+         "import socket, sys, time\n"
+         "open('/proc/sys/net/unix/max_dgram_qlen', 'w').write('4')\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])\n"
+         "print('ok', flush=True); time.sleep(600)\n", str(sock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert deaf.stdout is not None and deaf.stdout.readline() == "ok\n"
+        d = start_daemon(project, ready=False, env={"NOTIFY_SOCKET": str(sock)})
+        wait_for(lambda: (project / ".devloop" / "daemon.heartbeat").exists(), what="start")
+        for i in range(20):
+            (project / f"f{i}.txt").write_text("x")
+            time.sleep(0.3)  # a STATUS= for each run: the receiver's queue is full at once
+        wait_for(lambda: all_files(log) >= {f"f{i}.txt" for i in range(20)}, what="every run")
+        assert d.proc.poll() is None
+        assert d.log.count("sd_notify to") == 1  # the failure is logged once
+    finally:
+        deaf.kill()
+        deaf.wait()

@@ -835,16 +835,26 @@ def wait_settled(r: Running, max_s: float = 60.0) -> float:
 
 
 def wait_quiet(r: Running, quiet_s: float, max_s: float) -> bool:
-    """Wait until no new check run appeared for quiet_s; False if still busy after max_s."""
+    """Wait until the tool is done: no new check run for quiet_s, and the tool itself used
+    less than 2% of a CPU over the last second (it may still be rescanning, about to start a
+    run). False if still busy after max_s."""
     t_end = time.monotonic() + max_s
     last_n = count_entries(r.logdir)
     last_t = time.monotonic()
+    cpu_samples: list[tuple[float, float]] = []
     while time.monotonic() < t_end:
         time.sleep(0.05)
+        now = time.monotonic()
+        cpu_samples.append((now, usage(r.proc.pid, with_watches=False).cpu_s))
+        while len(cpu_samples) > 2 and now - cpu_samples[1][0] >= 1.0:
+            cpu_samples.pop(0)
         n = count_entries(r.logdir)
         if n != last_n:
-            last_n, last_t = n, time.monotonic()
-        elif time.monotonic() - last_t >= quiet_s:
+            last_n, last_t = n, now
+            continue
+        span = now - cpu_samples[0][0]
+        idle = cpu_samples[-1][1] - cpu_samples[0][1] < 0.02 * span
+        if now - last_t >= quiet_s and span >= 1.0 and idle:
             return True
     return False
 

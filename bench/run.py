@@ -319,7 +319,7 @@ class Ctx:
     tree: Tree
     recorder: Path
     scale: Scale
-    ready_timeout: float = 120.0
+    ready_timeout: float = 60.0
 
 
 @dataclass
@@ -1058,7 +1058,7 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
             try:
                 r2 = tool.start(ctx, logdir)
             finally:
-                ctx.ready_timeout = 120.0
+                ctx.ready_timeout = 60.0
             try:
                 res["storm_overflow"] = phase_storm(r2, ctx, tool, "overflow", pause=True)
             finally:

@@ -55,7 +55,6 @@ class Config:
     ignore: tuple[str, ...] = ()
     max_parallel: int = 2
     heartbeat_interval: float = 30.0
-    source: Path | None = None  # None: built-in defaults
     metrics_textfile: Path | None = None  # node_exporter textfile, rewritten each heartbeat
 
 
@@ -76,14 +75,15 @@ def _str_list(where: str, key: str, value: object, *, globs: bool = False) -> tu
 
 
 def _number(
-    where: str, key: str, value: object, *, minimum: float, integer: bool = False
+    where: str, key: str, value: object, *, minimum: float, maximum: float,
+    integer: bool = False,
 ) -> float:
     ok_types: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
         raise _fail(where, key, "must be an integer" if integer else "must be a number")
     assert isinstance(value, int | float)
-    if value < minimum:
-        raise _fail(where, key, f"must be >= {minimum:g}")
+    if not minimum <= value <= maximum:  # also false for nan
+        raise _fail(where, key, f"must be between {minimum:g} and {maximum:g}")
     return value
 
 
@@ -130,9 +130,10 @@ def _check(where: str, name: str, table: object) -> Check:
         shell=shell,
         debounce_ms=int(
             _number(where, f"{key}.debounce_ms", table.get("debounce_ms", 100), minimum=0,
-                    integer=True)
+                    maximum=600_000, integer=True)
         ),
-        timeout_s=_number(where, f"{key}.timeout_s", table.get("timeout_s", 300), minimum=0.1),
+        timeout_s=_number(where, f"{key}.timeout_s", table.get("timeout_s", 300), minimum=0.1,
+                          maximum=86_400),
         run_on_start=_bool(where, f"{key}.run_on_start", table.get("run_on_start", True)),
         on_busy=on_busy,
     )
@@ -153,10 +154,12 @@ def parse(data: Mapping[str, Any], where: str) -> Config:
         checks=checks,
         ignore=_str_list(where, "ignore", data.get("ignore", []), globs=True),
         max_parallel=int(
-            _number(where, "max_parallel", data.get("max_parallel", 2), minimum=1, integer=True)
+            _number(where, "max_parallel", data.get("max_parallel", 2), minimum=1, maximum=256,
+                    integer=True)
         ),
         heartbeat_interval=_number(
-            where, "heartbeat_interval", data.get("heartbeat_interval", 30), minimum=1
+            where, "heartbeat_interval", data.get("heartbeat_interval", 30), minimum=1,
+            maximum=3600,
         ),
         metrics_textfile=_textfile(where, data.get("metrics_textfile")),
     )
@@ -186,15 +189,7 @@ def load(root: Path) -> Config:
         raise DevloopError(f"{path}: not UTF-8 text", EX_CONFIG) from None
     except tomllib.TOMLDecodeError as exc:
         raise DevloopError(f"{path}: invalid TOML: {exc}", EX_CONFIG) from None
-    cfg = parse(data, str(path))
-    return Config(
-        checks=cfg.checks,
-        ignore=cfg.ignore,
-        max_parallel=cfg.max_parallel,
-        heartbeat_interval=cfg.heartbeat_interval,
-        source=path,
-        metrics_textfile=cfg.metrics_textfile,
-    )
+    return parse(data, str(path))
 
 
 def _find_tool(root: Path, name: str) -> str | None:

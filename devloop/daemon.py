@@ -8,6 +8,7 @@ the watchdog ping proves that this loop, and nothing else, is alive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -79,9 +80,10 @@ class Daemon:
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
         self._heartbeat_handle: asyncio.TimerHandle | None = None
-        self._rescan_task: asyncio.Task[None] | None = None
+        self._walker: asyncio.Task[None] | None = None
+        self._rescan_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
-        self._overflow_again = False
+        self._reload_again = False
 
     # -- life cycle -----------------------------------------------------------------
     async def run(self) -> int:
@@ -133,7 +135,7 @@ class Daemon:
         for handle in (self._status_handle, self._heartbeat_handle):
             if handle is not None:
                 handle.cancel()
-        for task in (self._rescan_task, self._reload_task):
+        for task in (self._walker, self._reload_task):
             if task is not None:
                 task.cancel()
         loop.remove_reader(self.watcher.fileno())
@@ -161,21 +163,22 @@ class Daemon:
             return
         if overflow:
             log.warning("inotify queue overflowed: rescanning the project so no change is lost")
-            if self._rescan_task is None:
-                self._rescan_task = asyncio.get_running_loop().create_task(self._rescan())
-            else:
-                self._overflow_again = True
+            self._rescan_wanted = True
         if changes:
             self._dispatch(changes)
+        self._start_walker()
 
-    def _dispatch(self, changes: set[str]) -> None:
+    def _dispatch(self, changes: set[str], *, recheck_ignored: bool = False) -> None:
+        """recheck_ignored: changes from a rescan may lie in what the rules now ignore."""
         if config_mod.CONFIG_NAME in changes or any(
             c == ".gitignore" or c.endswith("/.gitignore") for c in changes
         ):
             self._request_reload()
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
-            self._db(self.store.forget_files, gone)
+            self._db(lambda store: store.forget_files(gone))
+        if recheck_ignored:
+            changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
             self.scheduler.changed(changes)
 
@@ -183,52 +186,70 @@ class Daemon:
         for _ in slices:
             await asyncio.sleep(0)
 
-    async def _rescan(self) -> None:
+    def _start_walker(self) -> None:
+        if self._walker is None and (self._rescan_wanted or self.watcher.new_dirs):
+            self._walker = asyncio.get_running_loop().create_task(self._walk())
+
+    async def _walk(self) -> None:
+        """New directories and overflow rescans, walked in slices off the event callback."""
         try:
-            while True:
-                self._overflow_again = False
+            while self._rescan_wanted or self.watcher.new_dirs:
                 changes: set[str] = set()
-                await self._sliced(self.watcher.rescan(changes))
-                log.info("rescan %d found %d changes", self.watcher.rescans, len(changes))
+                if self._rescan_wanted:
+                    self._rescan_wanted = False
+                    await self._sliced(self.watcher.rescan(changes))
+                    log.info("rescan %d found %d changes", self.watcher.rescans, len(changes))
+                else:
+                    await self._sliced(self.watcher.walk_new_dirs(changes))
                 if changes:
-                    self._dispatch(changes)
-                if not self._overflow_again:
-                    break
+                    self._dispatch(changes, recheck_ignored=True)
         finally:
-            self._rescan_task = None
+            self._walker = None
             self._update_status()
 
     def _request_reload(self) -> None:
         if self._reload_task is None:
             self._reload_task = asyncio.get_running_loop().create_task(self._reload())
+        else:
+            self._reload_again = True  # a save during a reload is read once more after it
 
     async def _reload(self) -> None:
         try:
-            await asyncio.sleep(0.05)  # a save of several files is one reload
-            self.notifier.reloading()
-            try:
-                config = config_mod.load(self.root)
-            except DevloopError as exc:
-                self.config_problem = f"config reload failed, still running the old one: {exc}"
-                log.error("%s", self.config_problem)
-                self.notifier.ready(self.status_text())
-                return
-            self.config_problem = None
-            self.config = config
-            self.watcher.rules = IgnoreRules(self.root, config.ignore)
-            changes: set[str] = set()
-            await self._sliced(self.watcher.rescan(changes))
-            if self.scheduler is not None:
-                self.scheduler.configure(config)
-            self._db(self.store.forget_checks_except, [c.name for c in config.checks])
-            self.failing &= {c.name for c in config.checks}
-            log.info("configuration reloaded: %d checks", len(config.checks))
-            self._heartbeat()
-            self.notifier.ready(self.status_text())
-            if changes:
-                self._dispatch(changes - {config_mod.CONFIG_NAME})
+            self._reload_again = True
+            while self._reload_again:
+                self._reload_again = False
+                await asyncio.sleep(0.05)  # a save of several files is one reload
+                await self._reload_once()
         finally:
             self._reload_task = None
+
+    async def _reload_once(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = config_mod.load(self.root)
+        except DevloopError as exc:
+            self.config_problem = f"config reload failed, still running the old one: {exc}"
+            log.error("%s", self.config_problem)
+            self.notifier.ready(self.status_text())
+            return
+        self.config_problem = None
+        self.config = config
+        self.watcher.rules = IgnoreRules(self.root, config.ignore)
+        changes: set[str] = set()
+        await self._sliced(self.watcher.rescan(changes))  # watches follow the new rules
+        added: list[str] = []
+        if self.scheduler is not None:
+            added = self.scheduler.configure(config)
+        names = [c.name for c in config.checks]
+        self._db(lambda store: store.forget_checks_except(names))
+        self.failing &= set(names)
+        log.info("configuration reloaded: %d checks", len(config.checks))
+        self._heartbeat()
+        self.notifier.ready(self.status_text())
+        if changes:
+            self._dispatch(changes - {config_mod.CONFIG_NAME}, recheck_ignored=True)
+        if self.scheduler is not None and added:
+            self.scheduler.run_whole(on_start_only=True, names=added)
 
     def _on_result(self, run: Run, findings: list[Finding]) -> None:
         self.last_run = run
@@ -277,9 +298,8 @@ class Daemon:
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
         if self.watcher.unwatched:
-            changes = self.watcher.retry_unwatched()
-            if changes:
-                self._dispatch(changes)
+            self.watcher.retry_unwatched()
+            self._start_walker()
         record = daemon_health.heartbeat_record(
             pid=os.getpid(), uptime_seconds=time.monotonic() - self.started,
             interval_seconds=self.config.heartbeat_interval, project=str(self.root),
@@ -319,7 +339,8 @@ class Daemon:
 
     def _flush(self) -> None:
         while self._unsaved:
-            if not self._db(self.store.record, *self._unsaved[0]):
+            run, findings = self._unsaved[0]
+            if not self._db(functools.partial(Store.record, run=run, findings=findings)):
                 if self._flush_handle is None:
                     self._flush_handle = asyncio.get_running_loop().call_later(
                         DB_RETRY_S, self._retry_flush)
@@ -330,32 +351,37 @@ class Daemon:
         self._flush_handle = None
         self._flush()
 
-    def _db(self, fn: Callable[..., object], *args: object) -> bool:
+    def _db(self, write: Callable[[Store], object]) -> bool:
         """A database write; a failure is logged once and the daemon keeps watching.
 
-        A database that turns out corrupt is moved aside and started afresh.
+        A database that turns out corrupt is moved aside and started afresh, once.
         """
-        try:
-            fn(*args)
-        except sqlite3.OperationalError as exc:  # locked, disk full, read-only
-            problem = f"cannot write results to {self.state_dir}: {exc}"
-        except sqlite3.DatabaseError as exc:
-            log.error("results database failed (%s): reopening it", exc)
-            self.store.close()
+        problem = None
+        for attempt in (1, 2):
             try:
-                self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-            except (sqlite3.Error, OSError) as exc2:
-                problem = f"cannot reopen the results database in {self.state_dir}: {exc2}"
+                write(self.store)
+            except sqlite3.OperationalError as exc:  # locked, disk full, read-only
+                problem = f"cannot write results to {self.state_dir}: {exc}"
+            except sqlite3.DatabaseError as exc:
+                problem = f"results database in {self.state_dir} failed: {exc}"
+                if attempt == 1:
+                    log.error("%s: reopening it", problem)
+                    self.store.close()
+                    try:
+                        self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+                    except (sqlite3.Error, OSError) as exc2:
+                        problem = f"cannot reopen the results database: {exc2}"
+                    else:
+                        continue
+            except OSError as exc:
+                problem = f"cannot write results to {self.state_dir}: {exc.strerror}"
             else:
-                return self._db(fn, *args)
-        except OSError as exc:
-            problem = f"cannot write results to {self.state_dir}: {exc.strerror}"
-        else:
-            if self.db_problem:
-                log.info("results database writable again")
-                self.db_problem = None
-                self._update_status()
-            return True
+                if self.db_problem:
+                    log.info("results database writable again")
+                    self.db_problem = None
+                    self._update_status()
+                return True
+            break
         if problem != self.db_problem:
             log.error("%s", problem)
             self.db_problem = problem

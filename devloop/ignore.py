@@ -84,8 +84,10 @@ class IgnoreRules:
 
     def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.root = root
-        base = [*BUILTIN_IGNORES, *_read_lines(root / ".git" / "info" / "exclude"), *extra]
-        self._base = compile_spec(base)
+        self._forced = compile_spec([*BUILTIN_IGNORES, *extra])
+        exclude = _read_lines(root / ".git" / "info" / "exclude")
+        self._exclude = _tolerant_spec(root / ".git" / "info" / "exclude", exclude) \
+            if exclude else None
         self._by_dir: dict[str, pathspec.GitIgnoreSpec] = {}
 
     def load_dir(self, reldir: str, present: bool = True) -> None:
@@ -107,18 +109,19 @@ class IgnoreRules:
             del self._by_dir[d]
 
     def is_ignored(self, relpath: str, is_dir: bool) -> bool:
+        """Git's precedence: the deepest .gitignore that has a say wins (a `!pattern` there
+        re-includes), then .git/info/exclude; the built-in rules and the config's `ignore`
+        hold whatever the .gitignore files say."""
         relpath = matchable(relpath)
-        probe = relpath + "/" if is_dir else relpath
-        if self._base.match_file(probe):
+        suffix = "/" if is_dir else ""
+        if self._forced.match_file(relpath + suffix):
             return True
-        if not self._by_dir:
-            return False
-        spec = self._by_dir.get("")
-        if spec is not None and spec.match_file(probe):
-            return True
-        parts = relpath.split("/")
-        for i in range(1, len(parts)):
-            spec = self._by_dir.get("/".join(parts[:i]))
-            if spec is not None and spec.match_file("/".join(parts[i:]) + ("/" if is_dir else "")):
-                return True
-        return False
+        if self._by_dir:
+            parts = relpath.split("/")
+            for i in range(len(parts) - 1, -1, -1):  # the directories holding it, deepest first
+                spec = self._by_dir.get("/".join(parts[:i]))
+                if spec is not None:
+                    verdict = spec.check_file("/".join(parts[i:]) + suffix).include
+                    if verdict is not None:
+                        return verdict
+        return self._exclude is not None and self._exclude.match_file(relpath + suffix)

@@ -222,4 +222,5 @@ class CheckRun:
             outcome=outcome,
             files=None if self.whole else self.files,
             output=stored,
+            covers_all=self.whole or not self.check.takes_files,
         )

@@ -7,14 +7,18 @@ Across checks: at most `max_parallel` run at once.
 
 A check that rewrites the files it watches would trigger itself forever. When
 LOOP_RUNS runs in a row were each triggered only by the same files, changed
-while the check itself was running, it is declared a loop: changes that arrive
-during its runs no longer trigger it (and are logged), changes made while it
-is idle still do, and those end the loop state.
+while the check itself was running, it is declared a loop. From then on, changes
+to those files made while it runs are held back: after a run, they trigger one
+more run LOOP_BACKOFF_S later, and only if the files' content differs from what
+that run saw (a check rewriting the same bytes stops at once). A change made
+while the check is idle runs it as usual and ends the loop state. So a loop
+costs at most one run every LOOP_BACKOFF_S, and no save is ever left unchecked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 5.0  # a debounce never delays a run longer than this
 LOOP_RUNS = 10
+LOOP_BACKOFF_S = 30.0
 RUN_TAIL_S = 0.25  # a change seen this soon after a run ended may still be the run's own
 
 ResultHandler = Callable[[Run, list[Finding]], None]
@@ -50,6 +55,17 @@ class _State:
     self_streak: int = 0
     ended_at: float = float("-inf")
     looping: frozenset[str] = frozenset()  # files of a detected self-trigger loop
+    held: set[str] = field(default_factory=set)  # their changes made during a run
+    seen: dict[str, bytes | None] = field(default_factory=dict)  # their digests at run start
+    backoff: asyncio.TimerHandle | None = None
+
+
+def _digest(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "blake2b").digest()
+    except OSError:
+        return None
 
 
 class Scheduler:
@@ -68,23 +84,32 @@ class Scheduler:
         self.all_files = all_files
         self.environ = dict(os.environ if environ is None else environ)
         self._states: dict[str, _State] = {}
+        self._max_parallel = config.max_parallel
+        self._sem = asyncio.Semaphore(config.max_parallel)
         self.configure(config)
 
-    def configure(self, config: Config) -> None:
-        """Take a new config: removed checks are cancelled, changed ones take effect next run."""
-        self._sem = asyncio.Semaphore(config.max_parallel)
+    def configure(self, config: Config) -> list[str]:
+        """Take a new config: removed checks are cancelled, changed ones take effect next run.
+
+        Returns the names of the checks that are new.
+        """
+        if self._max_parallel != config.max_parallel:
+            # runs holding the old semaphore finish with it: briefly, more may run at once
+            self._max_parallel = config.max_parallel
+            self._sem = asyncio.Semaphore(config.max_parallel)
         old = self._states
         self._states = {}
+        added = []
         for check in config.checks:
-            state = old.pop(check.name, None) or _State(check)
+            state = old.pop(check.name, None)
+            if state is None:
+                state = _State(check)
+                added.append(check.name)
             state.check = check
             self._states[check.name] = state
         for state in old.values():
             self._cancel(state)
-
-    @property
-    def checks(self) -> list[Check]:
-        return [s.check for s in self._states.values()]
+        return added
 
     @property
     def busy(self) -> bool:
@@ -114,22 +139,28 @@ class Scheduler:
             if state.current is not None or now - state.ended_at < RUN_TAIL_S:
                 state.changed_while_running.update(matched)
                 if state.looping and state.looping.issuperset(matched):
-                    continue  # its own writes: see the module docstring
+                    state.held.update(matched)  # its own writes? see the module docstring
+                    continue
             else:
                 state.self_streak = 0
                 if state.looping:
                     log.info("check %s: changed while idle, watching it again",
                              state.check.name)
                     state.looping = frozenset()
+                    if state.backoff is not None:
+                        state.backoff.cancel()
+                        state.backoff = None
             if matched:
                 state.pending.update(matched)
                 self._arm(state)
                 triggered += 1
         return triggered
 
-    def run_whole(self, *, on_start_only: bool) -> None:
-        """Run checks over the whole project (at start-up, or `devloop run`)."""
+    def run_whole(self, *, on_start_only: bool, names: list[str] | None = None) -> None:
+        """Run checks (all, or those named) over the whole project (start-up, `devloop run`)."""
         for state in self._states.values():
+            if names is not None and state.check.name not in names:
+                continue
             if on_start_only and not state.check.run_on_start:
                 continue
             state.whole = True
@@ -147,9 +178,10 @@ class Scheduler:
         """Cancel every timer and run; returns when every check's process group is gone."""
         tasks = []
         for state in self._states.values():
-            if state.timer is not None:
-                state.timer.cancel()
-                state.timer = None
+            for handle in (state.timer, state.backoff):
+                if handle is not None:
+                    handle.cancel()
+            state.timer = state.backoff = None
             state.pending.clear()
             state.whole = False
             if state.task is not None:
@@ -171,16 +203,17 @@ class Scheduler:
 
     def _fire(self, state: _State) -> None:
         state.timer = None
+        state.first_change = None  # the next change starts a new debounce window
         if state.task is None:
-            state.first_change = None
             state.task = asyncio.get_running_loop().create_task(self._run(state))
         elif state.check.on_busy == "restart" and state.current is not None:
             state.current.cancel()
         # "queue": the running task starts one more run when it ends.
 
     def _cancel(self, state: _State) -> None:
-        if state.timer is not None:
-            state.timer.cancel()
+        for handle in (state.timer, state.backoff):
+            if handle is not None:
+                handle.cancel()
         if state.task is not None:
             state.task.cancel()
 
@@ -210,11 +243,25 @@ class Scheduler:
         state.changed_while_running = set()
         if state.self_streak >= LOOP_RUNS and not state.looping:
             state.looping = trigger
-            state.pending.clear()
             log.warning(
                 "check %s keeps changing the files it checks (%s): %d runs in a row were "
-                "triggered by its own writes; changes made while it runs no longer trigger it",
-                state.check.name, ", ".join(sorted(trigger)[:5]), state.self_streak)
+                "triggered by changes made while it ran; such changes now run it again only "
+                "after %gs, and only if the content differs from what it checked",
+                state.check.name, ", ".join(sorted(trigger)[:5]), state.self_streak,
+                LOOP_BACKOFF_S)
+
+    def _hold_back(self, state: _State) -> None:
+        """After a run of a looping check: its held changes, if real, run it again later."""
+        held, state.held = state.held, set()
+        stale = {f for f in held if _digest(self.root / f) != state.seen.get(f)}
+        if stale and state.backoff is None:
+            state.backoff = asyncio.get_running_loop().call_later(
+                LOOP_BACKOFF_S, self._release, state, stale)
+
+    def _release(self, state: _State, files: set[str]) -> None:
+        state.backoff = None
+        state.pending.update(files)
+        self._arm(state, now=True)
 
     async def _run(self, state: _State) -> None:
         try:
@@ -224,6 +271,8 @@ class Scheduler:
                     if taken is None:
                         break
                     files, whole = taken
+                    if state.looping:
+                        state.seen = {f: _digest(self.root / f) for f in state.looping}
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
                                              environ=self.environ, ledger=self.ledger)
                     try:
@@ -237,6 +286,8 @@ class Scheduler:
                     else:
                         state.pending.update(files)
                 self._detect_loop(state)
+                if state.held:
+                    self._hold_back(state)
                 self.on_result(run, findings)
                 if not (state.pending or state.whole) or state.timer is not None:
                     break  # nothing queued, or a debounce timer will start the next run

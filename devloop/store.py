@@ -61,6 +61,7 @@ class Run:
     outcome: Outcome
     files: tuple[str, ...] | None  # None: the whole project
     output: str
+    covers_all: bool = False  # it checked everything (no {files}): all its findings are new
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-            conn.execute("PRAGMA quick_check(1)").fetchone()
+            (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {verdict}")
         except sqlite3.DatabaseError:
             conn.close()
             raise
@@ -141,7 +144,7 @@ class Store:
             run_id = cur.lastrowid
             assert run_id is not None
             if run.outcome in ("pass", "fail"):
-                if run.files is None:
+                if run.files is None or run.covers_all:
                     c.execute("DELETE FROM findings WHERE check_name = ?", (run.check,))
                 else:
                     scope = set(run.files) | {f.file for f in findings}

@@ -123,9 +123,6 @@ class Snapshot:
     def __init__(self) -> None:
         self._dirs: dict[str, dict[str, Stamp] | tuple[str, array[int]]] = {}
 
-    def __contains__(self, reldir: str) -> bool:
-        return reldir in self._dirs
-
     def dirs(self) -> list[str]:
         return list(self._dirs)
 
@@ -176,6 +173,8 @@ class Watcher:
         self.root_gone = False
         self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
         self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
+        self._children: dict[str, set[str]] = {}  # watched directory -> its watched subdirs
+        self.new_dirs: list[str] = []  # created or moved in, to walk (`walk_new_dirs`)
 
     # -- public ---------------------------------------------------------------------
     def fileno(self) -> int:
@@ -222,19 +221,24 @@ class Watcher:
     def rescan(self, changes: set[str]) -> Iterator[int]:
         """Compare the tree with the snapshot, adding the differences to `changes`."""
         self.rescans += 1
+        before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
         yield from self._walk("", changes, visited=visited)
-        for reldir in [d for d in self._dir_wd if d not in visited]:
-            changes |= self._drop_tree(reldir)
+        for reldir in before - visited:
+            if reldir in self._dir_wd:
+                changes |= self._drop_tree(reldir)
 
-    def retry_unwatched(self) -> set[str]:
-        """Try again to watch the directories the watch limit left out."""
-        changes: set[str] = set()
-        for reldir in sorted(self.unwatched):
-            self.unwatched.discard(reldir)
-            for _ in self._walk(reldir, changes, strict=False):
-                pass
-        return changes
+    def retry_unwatched(self) -> None:
+        """Queue the directories the watch limit left out, to try watching them again
+        (they stay in `unwatched`, the reported problem, until they are watched)."""
+        self.new_dirs.extend(d for d in sorted(self.unwatched) if d not in self.new_dirs)
+
+    def walk_new_dirs(self, changes: set[str]) -> Iterator[int]:
+        """Watch, then scan, the directories created or moved in: their files are changes."""
+        while self.new_dirs:
+            rel = self.new_dirs.pop(0)
+            if not self.rules.is_ignored(rel, True):
+                yield from self._walk(rel, changes)
 
     def read_events(self) -> tuple[set[str], bool]:
         """Drain the inotify fd: (changed paths, whether the queue overflowed)."""
@@ -262,9 +266,9 @@ class Watcher:
                 if mask & (flags.DELETE | flags.MOVED_FROM):
                     changes |= self._drop_tree(rel)
                 elif mask & (flags.CREATE | flags.MOVED_TO):
-                    # Watch first, then scan: files written in the same instant are found.
-                    for _ in self._walk(rel, changes, strict=False):
-                        pass
+                    # walked in slices off this callback: watched first, then scanned, so
+                    # files written in the same instant are found
+                    self.new_dirs.append(rel)
                 continue
             if ev.name == ".gitignore":
                 changes.add(rel)  # the daemon reloads the rules
@@ -304,11 +308,17 @@ class Watcher:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("cannot watch %s: %s", path, exc.strerror)
             return None
+        if self.unwatched:
+            self.unwatched.discard(reldir)
+            if not self.unwatched:
+                log.info("every directory is watched again")
         old = self._dir_wd.get(reldir)
         if old is not None and old != wd:
             self._wd_dir.pop(old, None)
         self._wd_dir[wd] = reldir
         self._dir_wd[reldir] = wd
+        if reldir:
+            self._children.setdefault(reldir.rpartition("/")[0], set()).add(reldir)
         return wd
 
     def _walk(
@@ -366,16 +376,24 @@ class Watcher:
 
     def _drop_tree(self, reldir: str) -> set[str]:
         """Forget reldir and below (deleted or moved away): its files count as changed."""
-        prefix = reldir + "/"
         gone: set[str] = set()
-        for d in [d for d in self.snapshot.dirs() if d == reldir or d.startswith(prefix)]:
+        if reldir:
+            self._children.get(reldir.rpartition("/")[0], set()).discard(reldir)
+        stack = [reldir]
+        while stack:  # only this subtree: a big `rm -rf` stays linear
+            d = stack.pop()
+            stack.extend(self._children.pop(d, ()))
             gone.update(_join(d, name) for name in self.snapshot.pop(d))
-        for d in [d for d in self._dir_wd if d == reldir or d.startswith(prefix)]:
-            wd = self._dir_wd.pop(d)
-            self._wd_dir.pop(wd, None)
-            with contextlib.suppress(OSError):  # already gone with its directory
-                self.inotify.rm_watch(wd)
-        self.unwatched = {d for d in self.unwatched if not (d == reldir or d.startswith(prefix))}
+            self._unsnapped.discard(d)
+            wd = self._dir_wd.pop(d, None)
+            if wd is not None:
+                self._wd_dir.pop(wd, None)
+                with contextlib.suppress(OSError):  # already gone with its directory
+                    self.inotify.rm_watch(wd)
+        if self.unwatched:
+            prefix = reldir + "/"
+            self.unwatched = {d for d in self.unwatched
+                              if not (d == reldir or d.startswith(prefix))}
         self.rules.forget_dir(reldir)
         return gone
 

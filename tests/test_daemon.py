@@ -456,3 +456,52 @@ def test_a_notify_socket_nobody_reads_never_blocks_the_loop(project: Path, tmp_p
     finally:
         deaf.kill()
         deaf.wait()
+
+
+def test_gitignore_precedence_like_git(project: Path, tmp_path: Path) -> None:
+    from devloop.ignore import IgnoreRules
+
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    (project / ".gitignore").write_text("*.py\n")
+    (project / "sub").mkdir()
+    (project / "sub" / ".gitignore").write_text("!keep.py\n")
+    (project / ".git" / "info" / "exclude").write_text("generated.py\nlocal/\n")
+    (project / "gen").mkdir()
+    (project / "gen" / ".gitignore").write_text("!generated.py\n")
+    for f in ("a.py", "sub/keep.py", "sub/other.py", "gen/generated.py", "gen/x.txt"):
+        (project / f).write_text("x")
+    rules = IgnoreRules(project, ("*.txt",))
+    for d in ("", "sub", "gen"):
+        rules.load_dir(d)
+    git = subprocess.run(["git", "-C", str(project), "status", "--porcelain", "-uall"],
+                         capture_output=True, text=True, check=True).stdout
+    seen_by_git = {line[3:] for line in git.splitlines()} - {".gitignore", "sub/.gitignore",
+                                                            "gen/.gitignore"}
+    ours = {f for f in ("a.py", "sub/keep.py", "sub/other.py", "gen/generated.py", "gen/x.txt")
+            if not rules.is_ignored(f, False)}
+    assert ours == {"sub/keep.py", "gen/generated.py"}
+    assert seen_by_git == ours | {"gen/x.txt"}  # *.txt: our config's ignore, not git's
+
+
+def test_directory_created_during_a_rescan_stays_watched(project: Path, tmp_path: Path,
+                                                         start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    write_config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    for i in range(3000):
+        (project / f"d{i}").mkdir()
+    d = start_daemon(project)
+    os.kill(d.pid, signal.SIGHUP)  # a reload rescans the tree, in slices
+    time.sleep(0.05)
+    (project / "fresh").mkdir()
+    wait_for(lambda: "configuration reloaded" in d.log, what="reload")
+    wait_for(lambda: inotify_watches(d.pid) == 3002, what="fresh watched")
+    (project / "fresh" / "x.txt").write_text("x")
+    wait_for(lambda: "fresh/x.txt" in all_files(log), what="edit in the fresh directory")
+    # and a config saved during a reload is read once more after it
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.05)
+    write_config(project, "[checks.all]\n" + record_check(log, ["*.txt"])
+                 + "[checks.two]\n" + record_check(tmp_path / "two.jsonl", ["*.md"]))
+    wait_for(lambda: d.log.count("configuration reloaded") >= 3, what="second reload")
+    (project / "fresh" / "y.md").write_text("x")
+    wait_for(lambda: read_runs(tmp_path / "two.jsonl"), what="the new check runs")

@@ -52,12 +52,13 @@ def render(checks: tuple[config.Check, ...]) -> str:
 
 def _ensure_gitignored(root: Path) -> bool:
     path = root / ".gitignore"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    # bytes that are not UTF-8 are kept as they are (surrogateescape), never rewritten
+    text = path.read_text(encoding="utf-8", errors="surrogateescape") if path.exists() else ""
     if any(line.strip() in (GITIGNORE_LINE, ".devloop", "/.devloop", "/.devloop/")
            for line in text.splitlines()):
         return False
     sep = "" if not text or text.endswith("\n") else "\n"
-    with path.open("a", encoding="utf-8") as f:
+    with path.open("a", encoding="utf-8", errors="surrogateescape") as f:
         f.write(f"{sep}{GITIGNORE_LINE}\n")
     return True
 

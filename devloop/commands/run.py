@@ -14,7 +14,7 @@ from devloop import config, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
 from devloop.commands.status import FAILING, render
 from devloop.daemon import use_pidfd_child_watcher
-from devloop.errors import EX_FAIL, EX_OK
+from devloop.errors import EX_CANTCREAT, EX_FAIL, EX_OK, DevloopError
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -91,11 +91,20 @@ def _fresh_results(root: Path, state_dir: Path, cfg: config.Config,
 
 async def _run_once(root: Path, state_dir: Path, cfg: config.Config,
                     files: list[str] | None) -> list[CheckState]:
-    store = Store.open(state_dir)
+    try:
+        store = Store.open(state_dir)
+    except (sqlite3.Error, OSError) as exc:
+        raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
+                           EX_CANTCREAT) from None
     results: list[CheckState] = []
 
     def on_result(run: Run, findings: list[Finding]) -> None:
-        run_id = store.record(run, findings)
+        run_id = 0
+        try:
+            run_id = store.record(run, findings)
+        except sqlite3.Error as exc:  # the verdict still counts; only its record is lost
+            print(f"devloop: warning: cannot store the result of {run.check}: {exc}",
+                  file=sys.stderr)
         results.append(CheckState(run=run, run_id=run_id, findings=tuple(findings)))
         print(f"{run.check}: {run.outcome} in {run.duration:.2f}s", file=sys.stderr)
 

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         store.close()
     except sqlite3.Error as exc:
         raise DevloopError(f"cannot read {db}: {exc}", EX_NOINPUT) from None
+    if not states:
+        raise DevloopError(f"no results yet in {db}: no check has run", EX_NOINPUT)
     if args.json:
         print(json.dumps([
             {"check": st.run.check, **asdict(st.run), "run_id": st.run_id,

@@ -190,9 +190,10 @@ def _check(project: Path) -> dict[str, Any]:
     interval = data.get("interval_seconds", 30)
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return _result(ERROR, f"{path}: 'pid' is not a positive integer")
-    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or uptime < 0:
+    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or not 0 <= uptime < 1e12:
         return _result(ERROR, f"{path}: 'uptime_seconds' is not a number", pid=pid)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+    if (isinstance(interval, bool) or not isinstance(interval, int | float)
+            or not 0 < interval < 1e9):  # also rejects nan and inf
         return _result(ERROR, f"{path}: 'interval_seconds' is not a positive number", pid=pid)
     if not isinstance(stamp, str):
         return _result(ERROR, f"{path}: 'timestamp' is not a string", pid=pid)

@@ -1,0 +1,120 @@
+"""The scheduler in-process, on real child processes: debounce, loops, reconfiguration."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from devloop import scheduler as scheduler_mod
+from devloop.config import Check, Config
+from devloop.scheduler import Scheduler
+from devloop.store import Run
+
+
+def check(name: str, script: str, **kw: object) -> Check:
+    return Check(name=name, command=(sys.executable, "-c", script, "{files}"),
+                 patterns=("*.txt",), **kw)  # type: ignore[arg-type]
+
+
+async def settle(s: Scheduler) -> None:
+    await asyncio.sleep(0.05)
+    await s.wait_idle()
+
+
+def test_a_fast_save_during_runs_is_never_left_unchecked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Someone saving while a slow check runs looks like a self-trigger loop; the last save
+    must still be checked (held back LOOP_BACKOFF_S, here shortened)."""
+    monkeypatch.setattr(scheduler_mod, "LOOP_RUNS", 3)
+    monkeypatch.setattr(scheduler_mod, "LOOP_BACKOFF_S", 0.5)
+    seen = tmp_path / "seen"
+    target = tmp_path / "a.txt"
+    script = (f"import sys, time; open({str(seen)!r}, 'a').write(open(sys.argv[1]).read()"
+              " + '\\n'); time.sleep(0.3)")
+    results: list[Run] = []
+
+    async def main() -> None:
+        s = Scheduler(tmp_path, Config(checks=(check("slow", script, debounce_ms=0),)),
+                      lambda run, f: results.append(run), lambda: [])
+        for i in range(12):
+            target.write_text(f"v{i}")
+            s.changed(["a.txt"])
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # the held-back change runs after the backoff
+        await settle(s)
+        await s.stop()
+
+    asyncio.run(main())
+    assert "keeps changing the files it checks" in caplog.text  # taken for a loop...
+    assert seen.read_text().splitlines()[-1] == "v11"  # ...and still the last save is checked
+
+
+def test_a_real_loop_that_rewrites_the_same_bytes_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_mod, "LOOP_RUNS", 3)
+    monkeypatch.setattr(scheduler_mod, "LOOP_BACKOFF_S", 0.2)
+    target = tmp_path / "gen.txt"
+    target.write_text("generated\n")
+    results: list[Run] = []
+    script = "import sys; open(sys.argv[1], 'w').write('generated\\n')"
+
+    async def main() -> None:
+        s = Scheduler(tmp_path, Config(checks=(check("gen", script, debounce_ms=0),)),
+                      lambda run, f: results.append(run), lambda: [])
+
+        async def watch() -> None:  # a small stand-in for the inotify watcher
+            stamp = target.stat().st_mtime_ns
+            while True:
+                await asyncio.sleep(0.005)
+                if target.stat().st_mtime_ns != stamp:
+                    stamp = target.stat().st_mtime_ns
+                    s.changed(["gen.txt"])
+
+        watcher = asyncio.create_task(watch())
+        s.changed(["gen.txt"])
+        await asyncio.sleep(2.0)
+        watcher.cancel()
+        await s.stop()
+
+    asyncio.run(main())
+    assert 3 <= len(results) <= 5  # LOOP_RUNS, one more, then the same bytes: stop
+
+
+def test_debounce_window_restarts_after_a_queued_run(tmp_path: Path) -> None:
+    starts: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        s = Scheduler(tmp_path, Config(checks=(check("d", "import time; time.sleep(0.3)",
+                                                     debounce_ms=400),)),
+                      lambda run, f: starts.append(loop.time() - run.duration), lambda: [])
+        (tmp_path / "a.txt").write_text("x")
+        s.changed(["a.txt"])
+        await settle(s)
+        await asyncio.sleep(6)  # longer than MAX_WAIT_S after the first change
+        t = loop.time()
+        s.changed(["a.txt"])
+        await settle(s)
+        assert starts[-1] - t >= 0.35  # debounced, not started at once
+        await s.stop()
+
+    asyncio.run(main())
+
+
+def test_reconfigure_keeps_the_semaphore_and_reports_new_checks(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = check("a", "pass")
+        s = Scheduler(tmp_path, Config(checks=(a,), max_parallel=1), lambda r, f: None,
+                      lambda: [])
+        sem = s._sem
+        assert s.configure(Config(checks=(a, check("b", "pass")), max_parallel=1)) == ["b"]
+        assert s._sem is sem
+        s.configure(Config(checks=(a,), max_parallel=3))
+        assert s._sem is not sem
+        await s.stop()
+
+    asyncio.run(main())

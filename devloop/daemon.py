@@ -95,6 +95,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         reaper.become_subreaper()
         self.ledger.kill_leftovers()
+        walk_started_ns = time.time_ns()  # mtimes are compared with it, less 50 ms (coarse)
         try:
             await self._initial_walk()
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
@@ -107,7 +108,11 @@ class Daemon:
             self.notifier.ready(self.status_text())
             if self.on_ready is not None:
                 self.on_ready()
-            await self._sliced(self.watcher.fill_snapshot())
+            changed_meanwhile: set[str] = set()
+            await self._sliced(self.watcher.fill_snapshot(walk_started_ns - 50_000_000,
+                                                          changed_meanwhile))
+            if changed_meanwhile:
+                self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
             await self._stop.wait()
         finally:

@@ -33,7 +33,8 @@ from devloop.store import Run
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 5.0  # a debounce never delays a run longer than this
+MAX_WAIT_S = 10.0  # a pending change never waits longer than this for its run
+QUEUE_SETTLE_S = 0.1  # a queued rerun waits until changes pause this long (a storm: 2 runs)
 LOOP_RUNS = 10
 LOOP_BACKOFF_S = 30.0
 RUN_TAIL_S = 0.25  # a change seen this soon after a run ended may still be the run's own
@@ -46,7 +47,10 @@ class _State:
     check: Check
     pending: set[str] = field(default_factory=set)
     whole: bool = False  # a run of the whole project is pending
-    first_change: float | None = None
+    first_change: float | None = None  # of the current debounce window
+    last_change: float = 0.0
+    pending_since: float | None = None
+    settling: bool = False  # a queued rerun waits for the changes to pause
     timer: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     current: CheckRun | None = None
@@ -150,10 +154,12 @@ class Scheduler:
                     if state.backoff is not None:
                         state.backoff.cancel()
                         state.backoff = None
-            if matched:
-                state.pending.update(matched)
-                self._arm(state)
-                triggered += 1
+            if state.pending_since is None:
+                state.pending_since = now
+            state.last_change = now
+            state.pending.update(matched)
+            self._arm(state)
+            triggered += 1
         return triggered
 
     def run_whole(self, *, on_start_only: bool, names: list[str] | None = None) -> None:
@@ -199,10 +205,29 @@ class Scheduler:
             state.timer.cancel()
         delay = 0.0 if now else state.check.debounce_ms / 1000
         when = min(t + delay, state.first_change + MAX_WAIT_S)
+        if state.settling and not now:  # still the storm that queued a rerun: keep waiting
+            since = state.pending_since if state.pending_since is not None else t
+            when = min(max(when, t + QUEUE_SETTLE_S), since + MAX_WAIT_S)
         state.timer = loop.call_at(when, self._fire, state)
+
+    def _settle(self, state: _State) -> bool:
+        """Hold a queued rerun until the changes pause: a storm of writes is two runs, the
+        one it started and one after it. Returns whether a timer now holds it."""
+        if state.whole:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        since = state.pending_since if state.pending_since is not None else now
+        ready_at = min(state.last_change + QUEUE_SETTLE_S, since + MAX_WAIT_S)
+        if ready_at <= now:
+            return False
+        state.timer = loop.call_at(ready_at, self._fire, state)
+        state.settling = True
+        return True
 
     def _fire(self, state: _State) -> None:
         state.timer = None
+        state.settling = False
         state.first_change = None  # the next change starts a new debounce window
         if state.task is None:
             state.task = asyncio.get_running_loop().create_task(self._run(state))
@@ -220,7 +245,7 @@ class Scheduler:
     def _take(self, state: _State) -> tuple[list[str], bool] | None:
         """The files for the next run, or None when there is nothing to run it on."""
         whole, pending = state.whole, state.pending
-        state.whole, state.pending = False, set()
+        state.whole, state.pending, state.pending_since = False, set(), None
         check = state.check
         if whole:
             files = sorted(f for f in self.all_files() if check.matches(f))
@@ -291,5 +316,7 @@ class Scheduler:
                 self.on_result(run, findings)
                 if not (state.pending or state.whole) or state.timer is not None:
                     break  # nothing queued, or a debounce timer will start the next run
+                if self._settle(state):
+                    break  # changes are still coming: the timer starts the queued run
         finally:
             state.task = None

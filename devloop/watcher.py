@@ -72,11 +72,12 @@ def _join(reldir: str, name: str) -> str:
     return f"{reldir}/{name}" if reldir else name
 
 
-def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool
-             ) -> tuple[list[str], dict[str, Stamp]]:
+def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
+             newer: tuple[int, set[str]] | None = None) -> tuple[list[str], dict[str, Stamp]]:
     """One directory: its subdirectories and (with files=True) its files, ignored ones left out.
 
     The directory's own .gitignore (read only where there is one) applies to its entries.
+    newer=(ns, found): files modified at or after ns (mtime) are added to found.
     """
     subdirs: list[str] = []
     stamps: dict[str, Stamp] = {}
@@ -97,6 +98,8 @@ def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool
             elif files and not rules.is_ignored(prefix + entry.name, False):
                 st = entry.stat(follow_symlinks=False)
                 stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
+                if newer is not None and st.st_mtime_ns >= newer[0]:
+                    newer[1].add(prefix + entry.name)
         except OSError:
             continue  # gone since listed
     return subdirs, stamps
@@ -206,13 +209,19 @@ class Watcher:
         """
         yield from self._walk("", None, strict=strict, files=False)
 
-    def fill_snapshot(self) -> Iterator[int]:
-        """Stat the files of the directories the initial walk only listed, in slices."""
+    def fill_snapshot(self, since_ns: int, changes: set[str]) -> Iterator[int]:
+        """Stat the files of the directories the initial walk only listed, in slices.
+
+        A file modified since `since_ns` (the walk's start) is added to `changes`: an
+        event of it may have been lost to an overflow before its directory got here, or
+        come before its directory was watched.
+        """
         done = 0
         while self._unsnapped:
             reldir = self._unsnapped.pop()
             if reldir in self._dir_wd:
-                self.snapshot.put(reldir, scan_dir(self._root, reldir, self.rules, files=True)[1])
+                self.snapshot.put(reldir, scan_dir(self._root, reldir, self.rules, files=True,
+                                                   newer=(since_ns, changes))[1])
             done += 1
             if done % WALK_SLICE == 0:
                 yield done

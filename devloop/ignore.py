@@ -117,11 +117,13 @@ class IgnoreRules:
         if self._forced.match_file(relpath + suffix):
             return True
         if self._by_dir:
-            parts = relpath.split("/")
-            for i in range(len(parts) - 1, -1, -1):  # the directories holding it, deepest first
-                spec = self._by_dir.get("/".join(parts[:i]))
+            d = relpath
+            while d:  # the directories holding it, deepest first, up to the root ("")
+                d = d.rpartition("/")[0]
+                spec = self._by_dir.get(d)
                 if spec is not None:
-                    verdict = spec.check_file("/".join(parts[i:]) + suffix).include
+                    below = relpath[len(d) + 1:] if d else relpath
+                    verdict = spec.check_file(below + suffix).include
                     if verdict is not None:
                         return verdict
         return self._exclude is not None and self._exclude.match_file(relpath + suffix)

@@ -79,7 +79,6 @@ def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
     The directory's own .gitignore (read only where there is one) applies to its entries.
     newer=(ns, found): files modified at or after ns (mtime) are added to found.
     """
-    subdirs: list[str] = []
     stamps: dict[str, Stamp] = {}
     try:
         with os.scandir(f"{root}/{reldir}" if reldir else root) as it:
@@ -87,21 +86,35 @@ def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
-        return subdirs, stamps
-    rules.load_dir(reldir, present=any(e.name == ".gitignore" for e in entries))
-    prefix = f"{reldir}/" if reldir else ""
+        return [], stamps
+    dirs: list[str] = []
+    others: list[os.DirEntry[str]] = []
+    has_gitignore = False
     for entry in entries:  # the hot loop of start-up: 100,000 entries and more
         try:
             if entry.is_dir(follow_symlinks=False):  # d_type: no system call
-                if not rules.is_ignored(prefix + entry.name, True):
-                    subdirs.append(prefix + entry.name)
-            elif files and not rules.is_ignored(prefix + entry.name, False):
-                st = entry.stat(follow_symlinks=False)
-                stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
-                if newer is not None and st.st_mtime_ns >= newer[0]:
-                    newer[1].add(prefix + entry.name)
+                dirs.append(entry.name)
+                continue
         except OSError:
             continue  # gone since listed
+        if files:
+            others.append(entry)
+        elif entry.name == ".gitignore":
+            has_gitignore = True
+    has_gitignore = has_gitignore or any(e.name == ".gitignore" for e in others)
+    rules.load_dir(reldir, present=has_gitignore)  # before matching this directory's entries
+    prefix = f"{reldir}/" if reldir else ""
+    subdirs = [prefix + n for n in dirs if not rules.is_ignored(prefix + n, True)]
+    for entry in others:
+        if rules.is_ignored(prefix + entry.name, False):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
+        if newer is not None and st.st_mtime_ns >= newer[0]:
+            newer[1].add(prefix + entry.name)
     return subdirs, stamps
 
 

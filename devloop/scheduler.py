@@ -218,7 +218,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = loop.time()
         since = state.pending_since if state.pending_since is not None else now
-        ready_at = min(state.last_change + QUEUE_SETTLE_S, since + MAX_WAIT_S)
+        quiet = max(QUEUE_SETTLE_S, state.check.debounce_ms / 1000)
+        ready_at = min(state.last_change + quiet, since + MAX_WAIT_S)
         if ready_at <= now:
             return False
         state.timer = loop.call_at(ready_at, self._fire, state)
@@ -227,7 +228,12 @@ class Scheduler:
 
     def _fire(self, state: _State) -> None:
         state.timer = None
-        state.settling = False
+        if state.settling:
+            state.settling = False
+            # events read in this same turn of the loop (they come before timers) may
+            # show that the storm goes on: then keep waiting
+            if state.task is None and self._settle(state):
+                return
         state.first_change = None  # the next change starts a new debounce window
         if state.task is None:
             state.task = asyncio.get_running_loop().create_task(self._run(state))
@@ -314,8 +320,11 @@ class Scheduler:
                 if state.held:
                     self._hold_back(state)
                 self.on_result(run, findings)
-                if not (state.pending or state.whole) or state.timer is not None:
-                    break  # nothing queued, or a debounce timer will start the next run
+                if not (state.pending or state.whole):
+                    break
+                if state.timer is not None:  # the queued run waits as _settle says instead
+                    state.timer.cancel()
+                    state.timer = None
                 if self._settle(state):
                     break  # changes are still coming: the timer starts the queued run
         finally:

@@ -34,7 +34,7 @@ from devloop.store import Run
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 10.0  # a pending change never waits longer than this for its run
-QUEUE_SETTLE_S = 0.1  # a queued rerun waits until changes pause this long (a storm: 2 runs)
+QUEUE_SETTLE_S = 0.05  # a queued rerun waits until changes pause this long (a storm: 2 runs)
 LOOP_RUNS = 10
 LOOP_BACKOFF_S = 30.0
 RUN_TAIL_S = 0.25  # a change seen this soon after a run ended may still be the run's own

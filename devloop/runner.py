@@ -102,7 +102,6 @@ class CheckRun:
         self.files = tuple(files)
         self.whole = whole
         self.environ = environ
-        self._proc: asyncio.subprocess.Process | None = None
         self._cancelled = asyncio.Event()
 
     def cancel(self) -> None:
@@ -133,7 +132,6 @@ class CheckRun:
             return self._result(started, t0, None, "error", msg), []
         finally:
             os.close(wfd)
-        self._proc = proc
         LIVE_LEADERS.add(proc.pid)
         if self.ledger is not None:
             self.ledger.add(proc.pid)

@@ -131,10 +131,9 @@ class Scheduler:
     def running(self) -> bool:
         return any(s.task is not None for s in self._states.values())
 
-    def changed(self, paths: Iterable[str]) -> int:
-        """Note changed paths; returns how many checks they trigger."""
+    def changed(self, paths: Iterable[str]) -> None:
+        """Note changed paths: the checks they match are armed."""
         paths = list(paths)
-        triggered = 0
         for state in self._states.values():
             matched = [p for p in paths if state.check.matches(p)]
             if not matched:
@@ -159,8 +158,6 @@ class Scheduler:
             state.last_change = now
             state.pending.update(matched)
             self._arm(state)
-            triggered += 1
-        return triggered
 
     def run_whole(self, *, on_start_only: bool, names: list[str] | None = None) -> None:
         """Run checks (all, or those named) over the whole project (start-up, `devloop run`)."""

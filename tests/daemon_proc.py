@@ -30,6 +30,23 @@ def wait_for(pred: Callable[[], T], timeout: float = 30.0, what: str = "conditio
         time.sleep(0.02)
 
 
+def devloop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a child process."""
+    return subprocess.run([sys.executable, "-m", "devloop", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def status_json(root: Path) -> list[dict[str, Any]]:
+    """`devloop status --json`, or [] while there are no results."""
+    r = devloop("status", str(root), "--json")
+    return json.loads(r.stdout) if r.stdout.strip() else []  # type: ignore[no-any-return]
+
+
+def ran_files(log: Path) -> set[str]:
+    """Every file any recorded run was given."""
+    return {f for run in read_runs(log) for f in run["files"]}
+
+
 def record_check(log: Path, patterns: list[str], **extra: Any) -> str:
     """A [checks.NAME] body that records each run in `log`."""
     body = {

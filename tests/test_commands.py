@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-
-def devloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "devloop", *args], capture_output=True,
-                          text=True, timeout=300)
+from daemon_proc import devloop
 
 
 def test_init_writes_loadable_defaults_and_gitignore(tmp_path: Path) -> None:

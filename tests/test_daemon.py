@@ -12,23 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_proc import DaemonProc, alive, inotify_watches, read_runs, record_check, wait_for
+from daemon_proc import (
+    DaemonProc,
+    alive,
+    devloop,
+    inotify_watches,
+    ran_files,
+    read_runs,
+    record_check,
+    status_json,
+    wait_for,
+)
 
 Start = Callable[..., DaemonProc]
-
-
-def devloop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "devloop", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
 
 
 def write_config(root: Path, body: str, **globals_: object) -> None:
     head = "".join(f"{k} = {json.dumps(v)}\n" for k, v in globals_.items())
     (root / "devloop.toml").write_text(head + body)
-
-
-def all_files(log: Path) -> set[str]:
-    return {f for run in read_runs(log) for f in run["files"]}
 
 
 def test_edit_runs_the_matching_check_with_the_file(project: Path, tmp_path: Path,
@@ -59,20 +60,19 @@ def test_status_and_findings_replaced_per_file(project: Path, start_daemon: Star
     (project / "good.py").write_text("x = 1\n")
     start_daemon(project)
 
-    def status() -> list[dict[str, object]]:
-        r = devloop("status", str(project), "--json")
-        return json.loads(r.stdout) if r.stdout else []
 
-    wait_for(lambda: status() and status()[0]["outcome"] == "pass", what="start-up run")
+    wait_for(lambda: [s for s in status_json(project) if s["outcome"] == "pass"],
+             what="start-up run")
     (project / "bad.py").write_text("def f(:\n    pass\n")
-    failing = wait_for(lambda: [s for s in status() if s["outcome"] == "fail"], what="a fail")
+    failing = wait_for(lambda: [s for s in status_json(project) if s["outcome"] == "fail"],
+                       what="a fail")
     findings = failing[0]["findings"]
     assert [(f["file"], f["line"]) for f in findings] == [("bad.py", 1)]  # type: ignore[index]
     text = devloop("status", str(project))
     assert text.returncode == 1
     assert "bad.py:1:" in text.stdout
     (project / "bad.py").write_text("def f():\n    pass\n")
-    fixed = wait_for(lambda: [s for s in status() if s["outcome"] == "pass"
+    fixed = wait_for(lambda: [s for s in status_json(project) if s["outcome"] == "pass"
                               and s["files"] == ["bad.py"]], what="the fix")
     assert fixed[0]["findings"] == []
     assert devloop("status", str(project)).returncode == 0
@@ -88,11 +88,11 @@ def test_new_directory_written_at_once_and_deep(project: Path, tmp_path: Path,
     deep.mkdir(parents=True)
     (deep / "f.txt").write_text("hi")
     (project / "a" / "g.txt").write_text("hi")
-    wait_for(lambda: all_files(log) >= {"a/b/c/f.txt", "a/g.txt"}, what="files in new dirs")
+    wait_for(lambda: ran_files(log) >= {"a/b/c/f.txt", "a/g.txt"}, what="files in new dirs")
     wait_for(lambda: inotify_watches(d.pid) == 4, what="4 watches")
     # and later edits inside the new directory are seen through its own watch
     (deep / "h.txt").write_text("later")
-    wait_for(lambda: "a/b/c/h.txt" in all_files(log), what="edit in new dir")
+    wait_for(lambda: "a/b/c/h.txt" in ran_files(log), what="edit in new dir")
 
 
 def test_moves_in_out_and_within(project: Path, tmp_path: Path, start_daemon: Start) -> None:
@@ -105,19 +105,19 @@ def test_moves_in_out_and_within(project: Path, tmp_path: Path, start_daemon: St
     d = start_daemon(project)
     assert inotify_watches(d.pid) == 2
     os.rename(outside, project / "moved_in")  # a tree moved in is walked
-    wait_for(lambda: "moved_in/sub/x.txt" in all_files(log), what="moved-in file")
+    wait_for(lambda: "moved_in/sub/x.txt" in ran_files(log), what="moved-in file")
     assert inotify_watches(d.pid) == 4
     os.rename(project / "moved_in", project / "stay" / "renamed")  # moved within
-    wait_for(lambda: "stay/renamed/sub/x.txt" in all_files(log), what="renamed dir")
+    wait_for(lambda: "stay/renamed/sub/x.txt" in ran_files(log), what="renamed dir")
     (project / "stay" / "renamed" / "sub" / "y.txt").write_text("y")
-    wait_for(lambda: "stay/renamed/sub/y.txt" in all_files(log), what="edit after rename")
+    wait_for(lambda: "stay/renamed/sub/y.txt" in ran_files(log), what="edit after rename")
     os.rename(project / "stay" / "renamed", tmp_path / "gone")  # moved out: watches dropped
     wait_for(lambda: inotify_watches(d.pid) == 2, what="watches dropped")
     n = len(read_runs(log))
     (tmp_path / "gone" / "sub" / "z.txt").write_text("z")
     (project / "stay" / "w.txt").write_text("w")
-    wait_for(lambda: "stay/w.txt" in all_files(log), what="edit after move out")
-    assert "gone/sub/z.txt" not in all_files(log) and len(read_runs(log)) == n + 1
+    wait_for(lambda: "stay/w.txt" in ran_files(log), what="edit after move out")
+    assert "gone/sub/z.txt" not in ran_files(log) and len(read_runs(log)) == n + 1
 
 
 def test_atomic_saves_are_one_change_of_the_real_file(project: Path, tmp_path: Path,
@@ -168,7 +168,7 @@ def test_ignored_trees_get_no_watch(project: Path, tmp_path: Path, start_daemon:
     (project / "src" / "pkg" / "ok.txt").write_text("x")
     wait_for(lambda: read_runs(log), what="a run")
     time.sleep(0.3)
-    assert all_files(log) == {"src/pkg/ok.txt"}
+    assert ran_files(log) == {"src/pkg/ok.txt"}
     # a new ignored directory gets no watch either
     (project / "src" / "pkg" / "node_modules" / "deep").mkdir(parents=True)
     (project / "src" / "pkg" / "new").mkdir()
@@ -196,7 +196,7 @@ def test_overflow_rescans_and_loses_nothing(project: Path, tmp_path: Path,
     finally:
         os.kill(d.pid, signal.SIGCONT)
     expected = {f"d/f{i}.txt" for i in range(n)} | {"d/old.txt"}
-    wait_for(lambda: all_files(log) >= expected, timeout=120, what="every file after overflow")
+    wait_for(lambda: ran_files(log) >= expected, timeout=120, what="every file after overflow")
     assert "inotify queue overflowed" in d.log
     hb = project / ".devloop" / "daemon.heartbeat"
     wait_for(lambda: json.loads(hb.read_text()).get("rescans", 0) >= 1, what="rescans count")
@@ -216,11 +216,8 @@ def test_check_that_hangs_is_killed_with_its_grandchildren(project: Path, tmp_pa
     start_daemon(project)
     (project / "a.txt").write_text("x")
 
-    def status() -> list[dict[str, object]]:
-        r = devloop("status", str(project), "--json")
-        return json.loads(r.stdout) if r.stdout else []
 
-    st = wait_for(status, timeout=60, what="a finished run")
+    st = wait_for(lambda: status_json(project), timeout=60, what="a finished run")
     assert st[0]["outcome"] == "timeout"
     for pid in pids.read_text().split():
         wait_for(lambda pid=pid: not alive(pid), timeout=10, what=f"{pid} gone")
@@ -355,7 +352,7 @@ def test_reload_on_sighup_keeps_old_config_when_broken(project: Path, tmp_path: 
     os.kill(d.pid, signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in d.log, what="reload")
     (project / "b.md").write_text("x")
-    wait_for(lambda: "b.md" in all_files(log), what="new config runs")
+    wait_for(lambda: "b.md" in ran_files(log), what="new config runs")
 
 
 def test_file_names_reach_checks_intact(project: Path, tmp_path: Path,
@@ -370,8 +367,8 @@ def test_file_names_reach_checks_intact(project: Path, tmp_path: Path,
     raw = os.fsencode(project) + b"/bytes-\xff\xfe.txt"
     with open(raw, "wb") as f:
         f.write(b"x")
-    wait_for(lambda: len(all_files(log)) >= len(names) + 1, what="all names")
-    files = all_files(log)
+    wait_for(lambda: len(ran_files(log)) >= len(names) + 1, what="all names")
+    files = ran_files(log)
     assert {"with space.txt", "new\nline.txt", "quote'\"s.txt", "$(touch pwned).txt",
             "./-leading.txt", os.fsdecode(b"bytes-\xff\xfe.txt")} <= files
     assert not (project / "pwned").exists()
@@ -426,7 +423,7 @@ def test_new_file_is_one_change_and_links_count(project: Path, tmp_path: Path,
     assert [r["files"] for r in read_runs(log)] == [["new.txt"]]
     os.link(project / "src.txt", project / "hard.txt")  # IN_CREATE only, no close
     os.symlink("src.txt", project / "soft.txt")
-    wait_for(lambda: {"hard.txt", "soft.txt"} <= all_files(log), what="links")
+    wait_for(lambda: {"hard.txt", "soft.txt"} <= ran_files(log), what="links")
 
 
 def test_a_notify_socket_nobody_reads_never_blocks_the_loop(project: Path, tmp_path: Path,
@@ -450,7 +447,7 @@ def test_a_notify_socket_nobody_reads_never_blocks_the_loop(project: Path, tmp_p
         for i in range(20):
             (project / f"f{i}.txt").write_text("x")
             time.sleep(0.3)  # a STATUS= for each run: the receiver's queue is full at once
-        wait_for(lambda: all_files(log) >= {f"f{i}.txt" for i in range(20)}, what="every run")
+        wait_for(lambda: ran_files(log) >= {f"f{i}.txt" for i in range(20)}, what="every run")
         assert d.proc.poll() is None
         assert d.log.count("sd_notify to") == 1  # the failure is logged once
     finally:
@@ -496,7 +493,7 @@ def test_directory_created_during_a_rescan_stays_watched(project: Path, tmp_path
     wait_for(lambda: "configuration reloaded" in d.log, what="reload")
     wait_for(lambda: inotify_watches(d.pid) == 3002, what="fresh watched")
     (project / "fresh" / "x.txt").write_text("x")
-    wait_for(lambda: "fresh/x.txt" in all_files(log), what="edit in the fresh directory")
+    wait_for(lambda: "fresh/x.txt" in ran_files(log), what="edit in the fresh directory")
     # and a config saved during a reload is read once more after it
     os.kill(d.pid, signal.SIGHUP)
     time.sleep(0.05)
@@ -514,7 +511,7 @@ def test_a_storm_is_two_runs_and_loses_nothing(project: Path, tmp_path: Path,
     start_daemon(project)
     for i in range(3000):  # a branch switch: files written back to back
         (project / f"s{i}.txt").write_text("x")
-    wait_for(lambda: all_files(log) >= {f"s{i}.txt" for i in range(3000)}, what="all files")
+    wait_for(lambda: ran_files(log) >= {f"s{i}.txt" for i in range(3000)}, what="all files")
     time.sleep(0.5)
     # the run the first change started, and one after the storm (some slack for a writer
     # that pauses 50 ms under load)
@@ -539,4 +536,4 @@ def test_overflow_while_the_snapshot_is_taken_loses_nothing(project: Path, tmp_p
     finally:
         os.kill(d.pid, signal.SIGCONT)
     expected = {f"d{i}/old.txt" for i in range(3000)}
-    wait_for(lambda: all_files(log) >= expected, timeout=120, what="every changed file")
+    wait_for(lambda: ran_files(log) >= expected, timeout=120, what="every changed file")

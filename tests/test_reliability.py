@@ -15,26 +15,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_proc import DaemonProc, alive, read_runs, record_check, wait_for
+from daemon_proc import (
+    DaemonProc,
+    alive,
+    devloop,
+    ran_files,
+    read_runs,
+    record_check,
+    status_json,
+    wait_for,
+)
 
 from devloop.core.daemon_health import check_daemon_health
 
 Start = Callable[..., DaemonProc]
 ROOT = os.geteuid() == 0
-
-
-def devloop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "devloop", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def status(root: Path) -> list[dict[str, object]]:
-    r = devloop("status", str(root), "--json")
-    return json.loads(r.stdout) if r.stdout.strip() else []
-
-
-def ran(log: Path) -> set[str]:
-    return {f for r in read_runs(log) for f in r["files"]}
 
 
 def config(root: Path, body: str, heartbeat: float = 1) -> None:
@@ -82,7 +77,7 @@ def test_garbage_in_findings_format(project: Path) -> None:
                     'patterns = ["*"]\n')
     r = devloop("run", str(project))
     assert r.returncode == 0, r.stdout + r.stderr
-    st = status(project)
+    st = status_json(project)
     assert st[0]["outcome"] == "pass"
 
 
@@ -119,7 +114,7 @@ def test_state_is_private_and_planted_symlinks_are_not_followed(
     config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
     start_daemon(project)
     (project / "a.txt").write_text("x")
-    wait_for(lambda: status(project), what="a stored run")
+    wait_for(lambda: status_json(project), what="a stored run")
     assert victim.read_text() == "precious"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     for entry in state.iterdir():
@@ -251,7 +246,7 @@ def test_corrupted_database_is_moved_aside(project: Path, tmp_path: Path,
     assert "moved aside" in d.log
     assert any(p.name.startswith("devloop.db.corrupt-") for p in state.iterdir())
     (project / "a.txt").write_text("x")
-    wait_for(lambda: status(project), what="results in a fresh database")
+    wait_for(lambda: status_json(project), what="results in a fresh database")
 
 
 def test_database_locked_by_another_writer_loses_nothing(project: Path, tmp_path: Path,
@@ -317,11 +312,12 @@ def test_disk_full_keeps_watching_and_says_why(project: Path, tmp_path: Path,
     with tiny_tmpfs(project / ".devloop", "1m"):
         d = start_daemon(project)
         (project / "before.txt").write_text("x")
-        wait_for(lambda: status(project), what="a stored run")
+        wait_for(lambda: status_json(project), what="a stored run")
         filler = fill(project / ".devloop")
         for i in range(3):
             (project / f"full{i}.txt").write_text("x")
-        wait_for(lambda: {f"full{i}.txt" for i in range(3)} <= ran(log), what="checks still run")
+        wait_for(lambda: {f"full{i}.txt" for i in range(3)} <= ran_files(log),
+                 what="checks still run")
         h = wait_for(lambda: (lambda h: h if "full" in h["message"] else None)(
             check_daemon_health(project)), what="health names the problem")
         assert h["status"] == "UNHEALTHY"
@@ -348,7 +344,8 @@ def test_state_dir_read_only_keeps_watching(project: Path, tmp_path: Path,
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
         for i in range(3):
             (project / f"ro{i}.txt").write_text("x")
-        wait_for(lambda: {f"ro{i}.txt" for i in range(3)} <= ran(log), what="checks still run")
+        wait_for(lambda: {f"ro{i}.txt" for i in range(3)} <= ran_files(log),
+                 what="checks still run")
         h = wait_for(lambda: (lambda h: h if not h["healthy"] else None)(
             check_daemon_health(project)), timeout=30, what="unhealthy")
         assert "cannot write .devloop/" in h["message"]

@@ -11,12 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T")
+from daemon_proc import wait_for  # noqa: F401  (re-exported for the ops tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,18 +34,6 @@ def devloop(*args: str, timeout: float = 60, cwd: Path | None = None,
     return subprocess.run([devloop_exe(), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           check=False)
-
-
-def wait_for(pred: Callable[[], T | None], timeout: float = 30.0, what: str = "it") -> T:
-    """Poll until `pred` is truthy; the timeout only keeps a broken test from hanging."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def make_project(path: Path, toml: str, files: dict[str, str] | None = None) -> Path:

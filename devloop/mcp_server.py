@@ -8,14 +8,15 @@ reads it whole, so the summary comes first and findings are capped.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -38,6 +39,8 @@ MAX_MESSAGE = 300  # characters of one finding's message
 TAIL_LINES = 5  # output lines shown for a check that failed without findings
 MAX_TIMEOUT_S = 3600.0
 CLEANUP_S = 10.0  # a cancelled run's checks get SIGTERM, then SIGKILL 3 s later
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 INSTRUCTIONS = """\
 DevLoop watches this project and runs its checks (linters, type checkers, tests) on every
@@ -118,7 +121,8 @@ def _check_entry(st: CheckState, cap: int | None) -> dict[str, Any]:
         "outcome": r.outcome,
         "ran": _ago(r.started),
         "duration_s": round(r.duration, 2),
-        "scope": "whole project" if r.files is None or r.covers_all else f"{len(r.files)} files",
+        "scope": ("whole project" if r.files is None or r.covers_all
+                  else f"{len(r.files)} file{'s' * (len(r.files) != 1)}"),
         "findings_total": len(st.findings),
     }
     shown = st.findings if cap is None else st.findings[:cap]
@@ -260,7 +264,15 @@ def build(project: Project) -> MCPServer[Any]:
                                        instructions=INSTRUCTIONS)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
-    @server.tool(name="status", annotations=read_only)
+    def tool(name: str, annotations: ToolAnnotations) -> Callable[[F], F]:
+        """Register `fn` under `name`, its docstring (dedented) as the model reads it."""
+        def register(fn: F) -> F:
+            server.add_tool(fn, name=name, description=inspect.cleandoc(fn.__doc__ or ""),
+                            annotations=annotations)
+            return fn
+        return register
+
+    @tool("status", read_only)
     def status(
         checks: Annotated[list[str] | None, Field(
             description="only these checks (names as status lists them); default: all")] = None,
@@ -274,7 +286,7 @@ def build(project: Project) -> MCPServer[Any]:
         and its findings as `file:line:col: severity: message [code]`, capped per check."""
         return status_result(project, checks, all_findings, max_findings)
 
-    @server.tool(name="findings_for", annotations=read_only)
+    @tool("findings_for", read_only)
     def findings_for(
         path: Annotated[str, Field(
             description="a file of the project, relative to its root or absolute")],
@@ -283,7 +295,7 @@ def build(project: Project) -> MCPServer[Any]:
         file changed after a check's last run (then its results may be stale)."""
         return file_findings(project, path)
 
-    @server.tool(name="run", annotations=ToolAnnotations(
+    @tool("run", ToolAnnotations(
         read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False))
     async def run(
         files: Annotated[list[str] | None, Field(

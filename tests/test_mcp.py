@@ -1,0 +1,379 @@
+"""`devloop mcp`: driven by real MCP clients over stdio (the SDK's ClientSession, the
+MCP Inspector's CLI), a real daemon, and real processes killed under it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_proc import DaemonProc, alive, wait_for
+
+mcp = pytest.importorskip("mcp", reason="the optional extra devloop[mcp] is not installed")
+import anyio  # noqa: E402  (installed with mcp)
+from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+INSPECTOR = REPO / ".ci" / "node" / "node_modules" / ".bin" / "mcp-inspector"
+TOOLS = {"status", "wait_until_fresh", "findings_for", "run"}
+# a check that notes its PID, then sleeps: for calls cut short under it
+SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+
+
+def server_params(root: Path) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=["-m", "devloop", "mcp", str(root)],
+                                 env={"PYTHONPATH": str(REPO)})
+
+
+@asynccontextmanager
+async def session(root: Path) -> AsyncIterator[ClientSession]:
+    async with stdio_client(server_params(root)) as (r, w), ClientSession(r, w) as s:
+        await s.initialize()
+        yield s
+
+
+def drive(root: Path, body: Callable[[ClientSession], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with session(root) as s:
+            with anyio.fail_after(120):  # only keeps a broken test from hanging
+                await body(s)
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:  # the SDK's task groups wrap the test's own error
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+async def call(s: ClientSession, tool: str, **args: Any) -> dict[str, Any]:
+    res = await s.call_tool(tool, args)
+    assert not res.is_error, res.content
+    assert res.structured_content is not None
+    return res.structured_content
+
+
+async def call_error(s: ClientSession, tool: str, **args: Any) -> str:
+    res = await s.call_tool(tool, args)
+    assert res.is_error, res.structured_content
+    text: str = res.content[0].text  # type: ignore[union-attr]
+    assert "Traceback" not in text
+    return text
+
+
+def write_config(root: Path, body: str) -> None:
+    (root / "devloop.toml").write_text(textwrap.dedent(body))
+
+
+def syntax_check(root: Path) -> None:
+    """The one check: Python syntax (the defaults would also pick up ruff, mypy, pytest)."""
+    write_config(root, f"""
+        [checks.python-syntax]
+        command = {json.dumps([sys.executable, "-m", "devloop.pysyntax", "{files}"])}
+        patterns = ["*.py"]
+        debounce_ms = 0
+        """)
+
+
+def sleeper_project(root: Path, pidfile: Path) -> None:
+    (root / "a.txt").write_text("x\n")
+    write_config(root, f"""
+        [checks.slow]
+        command = {json.dumps([sys.executable, "-c", SLEEPER, str(pidfile)])}
+        patterns = ["*.txt"]
+        run_on_start = false
+        """)
+
+
+def test_tools_listed_with_descriptions(project: Path) -> None:
+    async def body(s: ClientSession) -> None:
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert set(tools) == TOOLS
+        for t in tools.values():
+            assert t.description and len(t.description) > 40
+            assert "    " not in t.description  # dedented for the model
+        assert tools["status"].annotations and tools["status"].annotations.read_only_hint
+        assert tools["run"].annotations and not tools["run"].annotations.read_only_hint
+    drive(project, body)
+
+
+def test_run_then_status_and_findings_for(project: Path) -> None:
+    (project / "bad.py").write_text("x = 1\ndef f(:\n    pass\n")
+    (project / "good.py").write_text("y = 2\n")
+    syntax_check(project)
+
+    async def body(s: ClientSession) -> None:
+        empty = await call(s, "status")
+        assert empty["checks"] == [] and "no check has run" in empty["summary"]
+        assert empty["daemon"]["running"] is False
+
+        ran = await call(s, "run")
+        assert ran["summary"].startswith("1 check, 1 failing (python-syntax)")
+        assert "no daemon" in ran["summary"]
+        (check,) = ran["checks"]
+        assert check["findings"] == ["bad.py:2:7: error: SyntaxError: invalid syntax"]
+
+        st = await call(s, "status")
+        assert st["checks"][0]["findings"] == check["findings"]
+        assert (await call(s, "status", checks=["python-syntax"]))["checks"][0]["outcome"] == "fail"
+
+        mine = await call(s, "findings_for", path="bad.py")
+        assert mine["findings"] == ["python-syntax: bad.py:2:7: error: SyntaxError: invalid syntax"]
+        assert mine["summary"] == "bad.py: 1 finding"
+        same = await call(s, "findings_for", path=str(project / "bad.py"))
+        assert same["findings"] == mine["findings"]
+        assert (await call(s, "findings_for", path="good.py"))["findings"] == []
+
+        (project / "bad.py").write_text("x = 1\n")
+        later = await call(s, "findings_for", path="bad.py")
+        assert "changed after the last run of python-syntax" in later["summary"]
+        fixed = await call(s, "run", files=["bad.py"])
+        assert fixed["summary"].startswith("1 check, 0 failing")
+        assert (await call(s, "findings_for", path="bad.py"))["findings"] == []
+    drive(project, body)
+
+
+def test_findings_capped_summary_first(project: Path) -> None:
+    for i in range(25):
+        (project / f"m{i:02}.py").write_text("def f(:\n")
+    syntax_check(project)
+
+    async def body(s: ClientSession) -> None:
+        await call(s, "run")
+        st = await call(s, "status")
+        assert next(iter(st)) == "summary"
+        (check,) = st["checks"]
+        assert check["findings_total"] == 25
+        assert len(check["findings"]) == 10 and check["more_findings"] == 15
+        assert len((await call(s, "status", max_findings=3))["checks"][0]["findings"]) == 3
+        every = (await call(s, "status", all_findings=True))["checks"][0]
+        assert len(every["findings"]) == 25 and "more_findings" not in every
+    drive(project, body)
+
+
+def test_bad_input_is_a_tool_error_and_the_server_goes_on(project: Path, tmp_path: Path) -> None:
+    (project / "a.py").write_text("x = 1\n")
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    syntax_check(project)
+    os.symlink(tmp_path / "outside.py", project / "link.py")
+
+    async def body(s: ClientSession) -> None:
+        await call(s, "run")
+        for path in ("/etc/passwd", "../outside.py", str(tmp_path / "outside.py"), "link.py"):
+            assert "not a file inside the project" in await call_error(
+                s, "findings_for", path=path)
+        assert "path must be" in await call_error(s, "findings_for", path="")
+        assert "not a file inside the project" in await call_error(
+            s, "run", files=["../outside.py"])
+        assert "timeout_s must be 0 or more" in await call_error(s, "run", timeout_s=-1)
+        assert "timeout_s must be 0 or more" in await call_error(
+            s, "wait_until_fresh", timeout_s=-0.5)
+        assert "unknown check 'nope'" in await call_error(s, "status", checks=["nope"])
+        assert "max_findings must be 0 or more" in await call_error(s, "status", max_findings=-1)
+        await call_error(s, "status", max_findings="many")  # schema validation, not a crash
+        assert (await call(s, "status"))["checks"][0]["outcome"] == "pass"  # still serving
+    drive(project, body)
+
+
+def test_bad_config_is_a_tool_error(project: Path) -> None:
+    (project / "a.py").write_text("x = 1\n")
+    (project / "devloop.toml").write_text("[checks.x]\ncommand = 3\n")
+
+    async def body(s: ClientSession) -> None:
+        assert "devloop.toml" in await call_error(s, "run")
+    drive(project, body)
+
+
+def test_run_timeout_stops_the_checks(project: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "check.pid"
+    sleeper_project(project, pidfile)
+
+    async def body(s: ClientSession) -> None:
+        msg = await call_error(s, "run", timeout_s=2)
+        assert "did not finish within timeout_s=2" in msg
+        pid = int(pidfile.read_text())
+        assert not alive(pid)
+    drive(project, body)
+
+
+def _mcp_processes(root: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"devloop mcp {root}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.parametrize("how", ["kill-client", "close-stdin", "sigterm-server"])
+def test_client_gone_mid_call_leaves_no_process(project: Path, tmp_path: Path, how: str) -> None:
+    """A run is in flight when the client goes away: the server and the check both go."""
+    pidfile = tmp_path / "check.pid"
+    sleeper_project(project, pidfile)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    client = None
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        if how == "kill-client":
+            # the real SDK client in its own process, killed with SIGKILL mid-call
+            server.kill()
+            server.wait()
+            script = tmp_path / "client.py"
+            script.write_text(textwrap.dedent(f"""
+                import anyio, sys
+                sys.path.insert(0, {str(Path(__file__).parent)!r})
+                from test_mcp import session
+                from pathlib import Path
+                async def main():
+                    async with session(Path({str(project)!r})) as s:
+                        await s.call_tool("run", {{"timeout_s": 100}})
+                anyio.run(main)
+                """))
+            client = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL,
+                                      env={**os.environ, "PYTHONPATH": str(REPO)})
+            wait_for(pidfile.exists, 60, "the check to start")
+            (server_pid,) = _mcp_processes(project)
+            client.kill()
+            client.wait()
+        else:
+            for msg in (
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "0"}}},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                 "params": {"name": "run", "arguments": {"timeout_s": 100}}},
+            ):
+                server.stdin.write(json.dumps(msg).encode() + b"\n")
+                server.stdin.flush()
+            assert json.loads(server.stdout.readline())["id"] == 1
+            wait_for(pidfile.exists, 60, "the check to start")
+            server_pid = server.pid
+            if how == "close-stdin":
+                server.stdin.close()
+            else:
+                server.send_signal(signal.SIGTERM)
+        check_pid = int(wait_for(lambda: pidfile.read_text(), 10, "the check's PID"))
+        wait_for(lambda: not alive(server_pid), 30, "the server to exit")
+        wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
+        if how != "kill-client":
+            server.wait(10)
+            assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
+    finally:
+        for p in (server, client):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_daemon_save_then_wait_until_fresh(project: Path,
+                                           start_daemon: Callable[..., DaemonProc]) -> None:
+    """The assistant's loop: save a file, wait_until_fresh, read the new failure."""
+    (project / "a.py").write_text("x = 1\n")
+    syntax_check(project)
+    daemon = start_daemon(project)
+
+    async def body(s: ClientSession) -> None:
+        first = await call(s, "wait_until_fresh", timeout_s=60)
+        assert first["fresh"] is True, first
+        assert first["daemon"] == {"running": True, "pid": daemon.pid}
+        assert first["summary"].startswith("1 check, 0 failing")
+
+        (project / "a.py").write_text("x = 1\n\nif x:\nprint(x)\n")
+        fresh = await call(s, "wait_until_fresh", timeout_s=60)
+        assert fresh["fresh"] is True, fresh
+        (check,) = fresh["checks"]
+        assert check["outcome"] == "fail" and check["stale"] is False
+        assert check["findings"][0].startswith("a.py:4:")
+        assert "IndentationError" in check["findings"][0]
+        assert "python-syntax" in fresh["summary"]
+        st = await call(s, "status")
+        assert st["daemon"]["running"] is True and str(daemon.pid) in st["summary"]
+    drive(project, body)
+
+
+def test_wait_until_fresh_without_a_daemon_says_so(project: Path) -> None:
+    (project / "a.py").write_text("x = 1\n")
+    syntax_check(project)
+
+    async def body(s: ClientSession) -> None:
+        await call(s, "run")
+        msg = await call_error(s, "wait_until_fresh", timeout_s=1)
+        assert "no devloop daemon" in msg and "run" in msg
+    drive(project, body)
+
+
+def test_daemon_never_loads_the_mcp_sdk(project: Path,
+                                        start_daemon: Callable[..., DaemonProc]) -> None:
+    """The daemon's own memory does not grow: neither the SDK nor pydantic is mapped."""
+    (project / "a.py").write_text("x = 1\n")
+    daemon = start_daemon(project)
+    maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "pydantic_core" not in maps
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, devloop.cli; devloop.cli.build_parser(); "
+         "import devloop.daemon, devloop.commands.watch; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'pydantic')))"],
+        capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"
+
+
+def _inspector(root: Path, *args: str) -> Any:
+    out = subprocess.run(
+        [str(INSPECTOR), "--cli", sys.executable, "-m", "devloop", "mcp", str(root), *args],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(root.parent)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not INSPECTOR.exists() and not os.environ.get("CI"),
+                    reason="the MCP Inspector is installed by .ci/run (npm)")
+def test_mcp_inspector_cli_lists_and_calls_every_tool(project: Path) -> None:
+    """A third-party client: the MCP Inspector's CLI mode, from npm."""
+    assert shutil.which("node"), "node is needed for the MCP Inspector"
+    (project / "bad.py").write_text("def f(:\n")
+    syntax_check(project)
+    listed = _inspector(project, "--method", "tools/list")
+    assert {t["name"] for t in listed["tools"]} == TOOLS
+
+    def tool(name: str, *args: str) -> Any:
+        res = _inspector(project, "--method", "tools/call", "--tool-name", name,
+                         *(a for arg in args for a in ("--tool-arg", arg)))
+        assert res["content"][0]["type"] == "text"
+        return res
+
+    ran = tool("run", 'files=["bad.py"]', "timeout_s=60")
+    assert ran["isError"] is False
+    assert ran["structuredContent"]["checks"][0]["findings"] == [
+        "bad.py:1:7: error: SyntaxError: invalid syntax"]
+    assert tool("status")["structuredContent"]["summary"].startswith("1 check, 1 failing")
+    assert tool("findings_for", "path=bad.py")["structuredContent"]["findings"]
+    waited = tool("wait_until_fresh", "timeout_s=1")
+    assert waited["isError"] is True and "no devloop daemon" in waited["content"][0]["text"]
+    outside = tool("findings_for", "path=/etc/passwd")
+    assert outside["isError"] is True and "not a file inside the project" in (
+        outside["content"][0]["text"])
+
+
+def test_without_the_extra_one_clear_line(project: Path, tmp_path: Path) -> None:
+    """No MCP SDK installed: exit 69 and what to install, no traceback."""
+    blocker = tmp_path / "nomcp"
+    blocker.mkdir()
+    (blocker / "mcp").mkdir()
+    (blocker / "mcp" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mcp'\", name='mcp')\n")
+    r = subprocess.run([sys.executable, "-m", "devloop", "mcp", str(project)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                       env={**os.environ, "PYTHONPATH": f"{blocker}:{REPO}"})
+    assert r.returncode == 69
+    assert r.stderr.strip().splitlines() == [
+        "devloop: error: devloop mcp needs the MCP SDK (mcp is missing): "
+        "pip install 'devloop[mcp]'"]

@@ -1,0 +1,223 @@
+"""What the results say now, for `devloop status`, `status --wait` and `devloop mcp`.
+
+`snapshot(root)` reads the results database and the state the daemon publishes there
+(read-only, WAL: the daemon is never blocked) and says whether a daemon still keeps
+it true. `wait_fresh(root, timeout)` returns once every change made before the call
+has reached the daemon and no check is queued or running.
+
+How `wait_fresh` knows the daemon has seen the changes made before the call: inotify
+queues an event in the writer's own system call, so every save that returned before
+the call is already queued in the daemon's inotify fd, only not yet read (the loop may
+be busy; nothing is lost but it is late). The waiter notes the time t0 and then writes
+`.devloop/sync`; the daemon watches that file and, on each write, notes the time,
+drains its project inotify fd (reading every queued event, so all saves before t0),
+lets a pending walk of new directories finish, hands the changes to the scheduler and
+publishes `synced_at` with the checks' new states in one transaction. A state with
+`synced_at >= t0` therefore includes every change before the call, and its checks
+are already queued. The waiter sleeps on inotify (the database's files in `.devloop/`)
+and on a pidfd of the daemon, never on a timer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from inotify_simple import INotify, flags
+
+from devloop import lockholder, statedir
+from devloop.core.daemon_health import STATE_DIR
+from devloop.errors import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE, DevloopError
+from devloop.store import DB_NAME, FAILING, CheckState, DaemonRow, LiveState, Run, Store
+
+SYNC_NAME = "sync"  # the waiter writes it; the daemon catches up with the project's changes
+REASON_LINES = 3
+_ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal|E\d*)\b[:\s]", re.IGNORECASE)
+
+
+def daemon_pid(root: Path) -> int | None:
+    """The PID of the daemon watching `root` (the holder of its lock), or None."""
+    state_dir = root / STATE_DIR
+    try:
+        return lockholder.find(state_dir)
+    except DevloopError:  # the lock file names another PID: the kernel's holder counts
+        holders = lockholder.flock_holders(state_dir / statedir.LOCK_NAME)
+        return min(holders) if holders else None
+
+
+def reason(st: CheckState) -> str | None:
+    """Why a check failed, when its findings do not say: the tool adapter's reason, else
+    the first `error:` line of the output and what follows, else its first lines."""
+    r = st.run
+    if r.outcome not in FAILING or (st.findings and r.outcome == "fail"):
+        return r.reason
+    if r.reason:
+        return r.reason
+    lines = [ln.rstrip() for ln in r.output.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if _ERROR_LINE.search(ln):
+            return "\n".join(lines[i:i + REASON_LINES])
+    return "\n".join(lines[:REASON_LINES]) or None
+
+
+def result_entry(st: CheckState) -> dict[str, Any]:
+    """A check's last result as `status --json` prints it (the live fields come after)."""
+    return {**asdict(st.run), "run_id": st.run_id,
+            "findings": [asdict(f) for f in st.findings], "reason": reason(st)}
+
+
+def _open(root: Path) -> Store:
+    db = root / STATE_DIR / DB_NAME
+    if not db.exists():
+        raise DevloopError(f"no results yet in {db}: start the daemon "
+                           f"(devloop watch {root}) or run 'devloop run {root}'", EX_NOINPUT)
+    try:
+        return Store.open(root / STATE_DIR, readonly=True)
+    except sqlite3.Error as exc:
+        raise DevloopError(f"cannot read {db}: {exc}", EX_NOINPUT) from None
+
+
+def _read(root: Path) -> tuple[list[CheckState], dict[str, float | None], DaemonRow | None,
+                               dict[str, LiveState]]:
+    store = _open(root)
+    try:
+        states = store.latest()
+        try:
+            totals = {k: v.failing_since for k, v in store.totals().items()}
+            row, live = store.live()
+        except sqlite3.OperationalError:  # a database no daemon of this version opened yet
+            totals, row, live = {}, None, {}
+    except sqlite3.Error as exc:
+        raise DevloopError(f"cannot read {root / STATE_DIR / DB_NAME}: {exc}",
+                           EX_NOINPUT) from None
+    finally:
+        store.close()
+    return states, totals, row, live
+
+
+def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
+    """The results now: {"daemon": ..., "summary": ..., "checks": [...]}.
+
+    Each entry of "checks" is what `devloop status --json` prints for the check: its last
+    run, its findings, and `state` / `stale` (None when no daemon runs: nobody knows).
+    """
+    pid = daemon_pid(root)
+    states, failing_since, row, live = _read(root)
+    if row is None or pid is None or row.pid != pid:
+        live = {}  # left by a daemon that was killed, or not yet published by a new one
+    now = time.time()
+    by_name = {st.run.check: st for st in states}
+    names = sorted(set(by_name) | set(live))
+    wanted = None if checks is None else set(checks)
+    entries = []
+    for name in names:
+        if wanted is not None and name not in wanted:
+            continue
+        st, ls = by_name.get(name), live.get(name)
+        entry = result_entry(st) if st is not None else {  # no result yet: queued or running
+            **dict.fromkeys(f.name for f in fields(Run)), "check": name, "run_id": None,
+            "findings": [], "reason": None}
+        entry["state"] = None if ls is None else ls.state
+        entry["state_seconds"] = None if ls is None else round(max(now - ls.since, 0.0), 3)
+        entry["stale"] = None if ls is None else bool(
+            st is None or (ls.changed_at is not None and ls.changed_at > st.run.started))
+        entry["failing_since"] = failing_since.get(name) if st is not None else None
+        entries.append(entry)
+    running = pid is not None
+    return {
+        "project": str(root),
+        "daemon": {"running": running, "pid": pid,
+                   "publishing": bool(live),
+                   "synced_at": row.synced_at if live and row is not None else None},
+        "summary": {
+            "checks": len(entries),
+            "failing": sum(e["outcome"] in FAILING for e in entries),
+            "running": sum(e["state"] == "running" for e in entries),
+            "queued": sum(e["state"] == "queued" for e in entries),
+            "stale": sum(bool(e["stale"]) for e in entries),
+        },
+        "checks": entries,
+    }
+
+
+def is_fresh(snap: dict[str, Any], since: float | None) -> bool:
+    """The daemon has read every change made before `since` and no check waits or runs."""
+    d = snap["daemon"]
+    if not d["publishing"]:
+        return False
+    if since is not None and (d["synced_at"] is None or d["synced_at"] < since):
+        return False
+    return all(e["state"] == "idle" for e in snap["checks"])
+
+
+def _poke(state_dir: Path) -> bool:
+    """Ask the daemon to catch up: write `.devloop/sync`. False when we may not."""
+    try:
+        fd = os.open(state_dir / SYNC_NAME,
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def no_daemon(root: Path) -> DevloopError:
+    return DevloopError(
+        f"no devloop daemon is watching {root}, so nothing will bring its results up to "
+        f"date: start one (devloop watch {root}) or run the checks once (devloop run {root})",
+        EX_UNAVAILABLE)
+
+
+def wait_fresh(root: Path, timeout: float, checks: Iterable[str] | None = None
+               ) -> dict[str, Any]:
+    """Block until the results cover every change made before the call (see the module
+    docstring) or `timeout` seconds pass; the snapshot then, with "fresh": True/False.
+
+    Raises DevloopError(EX_UNAVAILABLE) when no daemon runs or it stops meanwhile.
+    """
+    if timeout < 0:
+        raise DevloopError(f"timeout must not be negative: {timeout:g}", EX_USAGE)
+    deadline = time.monotonic() + timeout
+    state_dir = root / STATE_DIR
+    pid = daemon_pid(root)
+    if pid is None:
+        raise no_daemon(root)
+    names = None if checks is None else list(checks)
+    with contextlib.ExitStack() as stack:
+        ino = stack.enter_context(INotify())
+        ino.add_watch(state_dir, flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO
+                      | flags.CREATE | flags.DELETE)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise no_daemon(root) from None
+        stack.callback(os.close, pidfd)
+        since: float | None = time.time()
+        if not _poke(state_dir):
+            since = None  # not ours to write: wait for the daemon to be idle, no more
+        while True:
+            snap = snapshot(root, names)
+            if not snap["daemon"]["running"]:
+                raise no_daemon(root)
+            if is_fresh(snap, since):
+                return {**snap, "fresh": True}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {**snap, "fresh": False}
+            ready, _, _ = select.select([ino.fileno(), pidfd], [], [], remaining)
+            if pidfd in ready:
+                raise DevloopError(f"the devloop daemon watching {root} stopped while "
+                                   "waiting for its results", EX_UNAVAILABLE)
+            if ready:
+                ino.read(timeout=0)

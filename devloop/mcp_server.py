@@ -8,11 +8,12 @@ reads it whole, so the summary comes first and findings are capped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
-import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,19 +25,18 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from devloop import __version__, config, lockholder, statedir
+from devloop import __version__, config, results, statedir
 from devloop.commands.run import _run_once
-from devloop.commands.status import FAILING
+from devloop.commands.status import summary_line
 from devloop.core.daemon_health import STATE_DIR
 from devloop.daemon import use_pidfd_child_watcher
 from devloop.errors import DevloopError
-from devloop.findings import Finding
-from devloop.store import DB_NAME, CheckState, Store
+from devloop.store import DB_NAME, FAILING, CheckState
 
 DEFAULT_FINDINGS = 10  # per check, as `devloop status` shows them
 MAX_FINDINGS_FOR = 50  # of one file, all checks together
 MAX_MESSAGE = 300  # characters of one finding's message
-TAIL_LINES = 5  # output lines shown for a check that failed without findings
+MAX_WAITERS = 8  # wait_until_fresh calls at once (each holds an inotify instance)
 MAX_TIMEOUT_S = 3600.0
 CLEANUP_S = 10.0  # a cancelled run's checks get SIGTERM, then SIGKILL 3 s later
 
@@ -51,34 +51,30 @@ findings_for for one file, and run when no daemon is watching (status says wheth
 
 
 class Project:
-    """One project directory: where its results are and whether a daemon watches it."""
+    """One project directory, and the runs this server has in flight there."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.state_dir = root / STATE_DIR
         self.run_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[Any]] = set()  # runs in flight, stopped on a signal
+        self.waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
-    def daemon(self) -> dict[str, Any]:
-        """Whether a daemon holds the project's lock: the kernel's word, not a PID file."""
-        holders = lockholder.flock_holders(self.state_dir / statedir.LOCK_NAME)
-        if holders:
-            return {"running": True, "pid": statedir.holder_pid(self.state_dir) or min(holders)}
-        return {"running": False, "pid": None}
-
-    def states(self) -> list[CheckState]:
-        """The last result of every check (empty when nothing has run yet)."""
-        if not (self.state_dir / DB_NAME).exists():
-            return []
+    def snapshot(self, checks: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """`devloop status --json`'s view (results.snapshot); None when nothing ran yet."""
+        if not (self.root / STATE_DIR / DB_NAME).exists():
+            return None
         try:
-            store = Store.open(self.state_dir, readonly=True)
-            try:
-                return store.latest()
-            finally:
-                store.close()
-        except sqlite3.Error as exc:
-            raise ToolError(f"cannot read the results in {self.state_dir / DB_NAME}: {exc}"
-                            ) from None
+            snap = results.snapshot(self.root)
+        except DevloopError as exc:
+            raise ToolError(exc.message) from None
+        if checks:
+            known = [e["check"] for e in snap["checks"]]
+            unknown = [c for c in checks if c not in known]
+            if unknown:
+                raise ToolError(f"unknown check {', '.join(map(repr, unknown))}; the checks "
+                                f"are: {', '.join(known) or 'none yet'}")
+            snap = _only(snap, checks)
+        return snap
 
     def config(self) -> config.Config:
         try:
@@ -93,11 +89,25 @@ class Project:
         full = os.path.normpath(os.path.join(self.root, path))
         rel = os.path.relpath(full, self.root)
         if rel == "." or rel.startswith(".."):
-            real = os.path.relpath(os.path.realpath(full), self.root)
-            if real == "." or real.startswith(".."):
-                raise ToolError(f"{path} is not a file inside the project {self.root}")
-            rel = real
+            raise ToolError(f"{path} is not a file inside the project {self.root}")
+        real = os.path.relpath(os.path.realpath(full), self.root)
+        if real == "." or real.startswith(".."):
+            raise ToolError(f"{path} leads out of the project {self.root} (a symlink)")
         return rel
+
+
+def _only(snap: dict[str, Any], checks: Sequence[str]) -> dict[str, Any]:
+    entries = [e for e in snap["checks"] if e["check"] in checks]
+    return {**snap, "checks": entries, "summary": _counts_of(entries)}
+
+
+def _counts_of(entries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The shape of results.snapshot()'s "summary", for a subset of its checks."""
+    return {"checks": len(entries),
+            "failing": sum(e["outcome"] in FAILING for e in entries),
+            "running": sum(e["state"] == "running" for e in entries),
+            "queued": sum(e["state"] == "queued" for e in entries),
+            "stale": sum(bool(e["stale"]) for e in entries)}
 
 
 def _ago(t: float) -> str:
@@ -105,94 +115,160 @@ def _ago(t: float) -> str:
     return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
 
 
-def _finding(f: Finding, check: str | None = None) -> str:
+def _finding(f: dict[str, Any], check: str | None = None) -> str:
     """One line, as `devloop status` prints it: `file:line:col: severity: message [code]`."""
-    col = f":{f.column}" if f.column is not None else ""
-    code = f" [{f.code}]" if f.code else ""
-    msg = f.message if len(f.message) <= MAX_MESSAGE else f.message[:MAX_MESSAGE] + "…"
+    col = f":{f['column']}" if f["column"] is not None else ""
+    code = f" [{f['code']}]" if f["code"] else ""
+    msg = f["message"]
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[:MAX_MESSAGE] + "…"
     who = f"{check}: " if check else ""
-    return f"{who}{f.file}:{f.line}{col}: {f.severity}: {msg}{code}"
+    return f"{who}{f['file']}:{f['line']}{col}: {f['severity']}: {msg}{code}"
 
 
-def _check_entry(st: CheckState, cap: int | None) -> dict[str, Any]:
-    r = st.run
-    entry: dict[str, Any] = {
-        "check": r.check,
-        "outcome": r.outcome,
-        "ran": _ago(r.started),
-        "duration_s": round(r.duration, 2),
-        "scope": ("whole project" if r.files is None or r.covers_all
-                  else f"{len(r.files)} file{'s' * (len(r.files) != 1)}"),
-        "findings_total": len(st.findings),
-    }
-    shown = st.findings if cap is None else st.findings[:cap]
+def _check_entry(e: dict[str, Any], cap: int | None) -> dict[str, Any]:
+    """A check of results.snapshot(), made small: what a model needs, findings capped."""
+    entry: dict[str, Any] = {"check": e["check"], "state": e["state"], "outcome": e["outcome"],
+                             "stale": e["stale"]}
+    if e["outcome"] is None:
+        return {**entry, "findings_total": 0, "findings": []}
+    files = e["files"]
+    entry.update({
+        "ran": _ago(e["started"]),
+        "duration_s": round(e["duration"], 2),
+        "scope": ("whole project" if files is None or e["covers_all"]
+                  else f"{len(files)} file{'s' * (len(files) != 1)}"),
+    })
+    if e.get("counts"):
+        entry["counts"] = e["counts"]
+    findings = e["findings"]
+    shown = findings if cap is None else findings[:cap]
+    entry["findings_total"] = len(findings)
     entry["findings"] = [_finding(f) for f in shown]
-    if len(shown) < len(st.findings):
-        entry["more_findings"] = len(st.findings) - len(shown)
-    if r.outcome in ("error", "timeout") or (r.outcome == "fail" and not st.findings):
-        entry["output_tail"] = [line[:MAX_MESSAGE]
-                                for line in r.output.strip().splitlines()[-TAIL_LINES:]]
+    if len(shown) < len(findings):
+        entry["more_findings"] = len(findings) - len(shown)
+    if e.get("reason") and (e["outcome"] != "fail" or not findings):
+        entry["reason"] = e["reason"][:MAX_MESSAGE * 3]
     return entry
 
 
-def _summary(states: Sequence[CheckState], daemon: dict[str, Any]) -> str:
-    failing = [st.run.check for st in states if st.run.outcome in FAILING]
-    head = f"{len(states)} check{'s' * (len(states) != 1)}, {len(failing)} failing"
-    if failing:
-        head += f" ({', '.join(failing)})"
-    watch = (f"a daemon is watching (PID {daemon['pid']})" if daemon["running"]
+def _summary(snap: dict[str, Any]) -> str:
+    """`devloop status`'s summary line, then who keeps the results true."""
+    d = snap["daemon"]
+    watch = (f"a daemon is watching (PID {d['pid']})" if d["running"]
              else "no daemon is running: results may be stale (the run tool checks now)")
-    return f"{head}; {watch}"
+    return f"{summary_line(snap)}; {watch}"
+
+
+def _answer(snap: dict[str, Any], cap: int | None) -> dict[str, Any]:
+    return {"summary": _summary(snap),
+            "daemon": {"running": snap["daemon"]["running"], "pid": snap["daemon"]["pid"]},
+            "checks": [_check_entry(e, cap) for e in snap["checks"]]}
+
+
+def _no_results(project: Project) -> dict[str, Any]:
+    pid = results.daemon_pid(project.root)
+    then = ("A daemon is watching: it runs them on start and on every save; call "
+            "wait_until_fresh." if pid else "No daemon is running: call run.")
+    return {"summary": f"no results yet: no check has run. {then}",
+            "daemon": {"running": pid is not None, "pid": pid}, "checks": []}
 
 
 def status_result(project: Project, checks: list[str] | None, all_findings: bool,
-           max_findings: int) -> dict[str, Any]:
+                  max_findings: int) -> dict[str, Any]:
     if max_findings < 0:
         raise ToolError("max_findings must be 0 or more")
-    daemon = project.daemon()
-    states = project.states()
-    if checks:
-        known = {st.run.check for st in states}
-        unknown = [c for c in checks if c not in known]
-        if unknown:
-            raise ToolError(f"unknown check {', '.join(map(repr, unknown))}; the checks with "
-                            f"results are: {', '.join(sorted(known)) or 'none yet'}")
-        states = [st for st in states if st.run.check in checks]
-    if not states:
-        return {"summary": "no results yet: no check has run. "
-                + ("The daemon runs them on start and on every save."
-                   if daemon["running"] else "No daemon is running: call run."),
-                "daemon": daemon, "checks": []}
-    cap = None if all_findings else max_findings
-    return {"summary": _summary(states, daemon), "daemon": daemon,
-            "checks": [_check_entry(st, cap) for st in states]}
+    snap = project.snapshot(checks)
+    if snap is None:
+        if checks:
+            raise ToolError(f"unknown check {', '.join(map(repr, checks))}: no check has run")
+        return _no_results(project)
+    return _answer(snap, None if all_findings else max_findings)
 
 
 def file_findings(project: Project, path: str) -> dict[str, Any]:
     rel = project.relative(path)
-    states = project.states()
+    snap = project.snapshot()
+    if snap is None:
+        return {**_no_results(project), "path": rel, "findings": []}
     try:
         mtime: float | None = os.stat(project.root / rel).st_mtime
     except OSError:
         mtime = None
     lines: list[str] = []
-    stale: list[str] = []
-    for st in states:
-        lines.extend(_finding(f, st.run.check) for f in st.findings if f.file == rel)
-        if mtime is not None and mtime > st.run.started:
-            stale.append(st.run.check)
-    checks = sorted({st.run.check for st in states})
+    behind: list[str] = []
+    for e in snap["checks"]:
+        lines.extend(_finding(f, e["check"]) for f in e["findings"] if f["file"] == rel)
+        if e["state"] in ("queued", "running"):
+            behind.append(f"{e['check']} is {e['state']}")
+        elif mtime is not None and e["outcome"] is not None and mtime > e["started"]:
+            behind.append(f"{e['check']} last ran before it changed")
     summary = f"{rel}: {len(lines)} finding{'s' * (len(lines) != 1)}"
     if mtime is None:
         summary += " (no such file now)"
-    if stale:
-        summary += (f"; changed after the last run of {', '.join(stale)}: call wait_until_fresh"
-                    " (or run) for results that cover it")
-    result: dict[str, Any] = {"summary": summary, "path": rel, "checks": checks,
+    if behind:
+        summary += (f"; may be stale ({'; '.join(behind)}): call wait_until_fresh"
+                    + ("" if snap["daemon"]["running"] else " or run") + " for results that "
+                    "cover it")
+    result: dict[str, Any] = {"summary": summary, "path": rel,
+                              "checks": [e["check"] for e in snap["checks"]],
                               "findings": lines[:MAX_FINDINGS_FOR]}
     if len(lines) > MAX_FINDINGS_FOR:
         result["more_findings"] = len(lines) - MAX_FINDINGS_FOR
     return result
+
+
+async def wait_fresh(project: Project, timeout_s: float, checks: list[str] | None
+                     ) -> dict[str, Any]:
+    """`devloop status --wait`: results.wait_fresh, in a thread of its own.
+
+    It sleeps on inotify and the daemon's pidfd, never longer than `timeout_s`. The
+    thread is a daemon thread, so a call cancelled meanwhile never holds the process
+    up; it ends by itself at its timeout.
+    """
+    _check_timeout(timeout_s)
+    project.snapshot(checks)  # unknown check names: an error now, not after the wait
+    if not project.waiters.acquire(blocking=False):
+        raise ToolError(f"{MAX_WAITERS} waits are already in flight; try again when one "
+                        "returns")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def settle(value: dict[str, Any] | None, error: BaseException | None) -> None:
+        if done.done():  # the call was cancelled meanwhile
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(value or {})
+
+    def wait() -> None:
+        value: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            value = results.wait_fresh(project.root, timeout_s, checks or None)
+        except DevloopError as exc:
+            error = ToolError(exc.message)
+        except Exception as exc:  # handed to the loop: the SDK reports it as a crash
+            error = exc
+        finally:
+            project.waiters.release()
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    t0 = time.monotonic()
+    threading.Thread(target=wait, name="wait_fresh", daemon=True).start()
+    snap = await done
+    answer = _answer(snap, DEFAULT_FINDINGS)
+    took = time.monotonic() - t0
+    if snap["fresh"]:
+        answer["summary"] = f"fresh after {took:.1f}s: {answer['summary']}"
+    else:
+        busy = [e["check"] for e in snap["checks"] if e["state"] != "idle"]
+        answer["summary"] = (f"NOT fresh: timed out after {timeout_s:g}s, still waiting for "
+                             f"{', '.join(busy) or 'the daemon to catch up'}; results below "
+                             f"may be stale. {answer['summary']}")
+    return {"fresh": snap["fresh"], **answer}
 
 
 async def run_checks(project: Project, files: list[str] | None, timeout_s: float
@@ -219,23 +295,22 @@ async def run_checks(project: Project, files: list[str] | None, timeout_s: float
             _run_once(project.root, state_dir, cfg, rel))
         project.tasks.add(task)
         task.add_done_callback(project.tasks.discard)
-        results = await _bounded(task, timeout_s)
-    if results is None:
+        done = await _bounded(task, timeout_s)
+    if done is None:
         raise ToolError(f"the checks did not finish within timeout_s={timeout_s:g}: they were "
                         "stopped. Call run again with a larger timeout_s, or on fewer files.")
-    if not results:
+    if not done:
         what = "the given files trigger no check" if rel else "no check has any file to check"
         return {"summary": f"nothing ran: {what}", "checks": []}
-    daemon = project.daemon()
-    out = status_of(results, daemon, DEFAULT_FINDINGS)
-    out["summary"] += f"; ran in {time.monotonic() - t0:.1f}s"
+    entries = [{"check": st.run.check, **results.result_entry(st), "state": None,
+                "stale": False} for st in done]
+    pid = results.daemon_pid(project.root)
+    snap = {"project": str(project.root), "daemon": {"running": pid is not None, "pid": pid},
+            "summary": _counts_of(entries), "checks": entries}
+    out = _answer(snap, DEFAULT_FINDINGS)
+    also = f"; a daemon is watching too (PID {pid})" if pid is not None else ""
+    out["summary"] = f"ran now, in {time.monotonic() - t0:.1f}s: {summary_line(snap)}{also}"
     return out
-
-
-def status_of(states: Sequence[CheckState], daemon: dict[str, Any], cap: int
-              ) -> dict[str, Any]:
-    return {"summary": _summary(states, daemon), "daemon": daemon,
-            "checks": [_check_entry(st, cap) for st in states]}
 
 
 async def _bounded(task: asyncio.Task[list[CheckState]], timeout_s: float
@@ -285,6 +360,20 @@ def build(project: Project) -> MCPServer[Any]:
         which fail, whether a daemon is watching), then per check its outcome, when it ran,
         and its findings as `file:line:col: severity: message [code]`, capped per check."""
         return status_result(project, checks, all_findings, max_findings)
+
+    @tool("wait_until_fresh", read_only)
+    async def wait_until_fresh(
+        timeout_s: Annotated[float, Field(
+            description="give up after this many seconds (default 60); the answer then "
+            "says fresh: false")] = 60.0,
+        checks: Annotated[list[str] | None, Field(
+            description="wait only for these checks; default: all")] = None,
+    ) -> dict[str, Any]:
+        """Call this right after saving files: it returns once every check that the changes
+        made before this call trigger has a result covering them and no check is queued or
+        running (as `devloop status --wait`), then answers as status does, with
+        fresh: true. Needs a running daemon; without one it says so (use run)."""
+        return await wait_fresh(project, timeout_s, checks)
 
     @tool("findings_for", read_only)
     def findings_for(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import anyio  # noqa: E402  (installed with mcp)
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-INSPECTOR = REPO / ".ci" / "node" / "node_modules" / ".bin" / "mcp-inspector"
+NODE_BIN = REPO / ".ci" / "node" / "node_modules" / ".bin"  # installed by .ci/run (npm ci)
+INSPECTOR = NODE_BIN / "mcp-inspector"
 TOOLS = {"status", "wait_until_fresh", "findings_for", "run"}
 # a check that notes its PID, then sleeps: for calls cut short under it
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
@@ -327,43 +327,49 @@ def test_daemon_never_loads_the_mcp_sdk(project: Path,
     assert probe.stdout.strip() == "[]"
 
 
-def _inspector(root: Path, *args: str) -> Any:
+def _inspector(root: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
         [str(INSPECTOR), "--cli", sys.executable, "-m", "devloop", "mcp", str(root), *args],
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(root.parent)})
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(root.parent),
+             "PATH": f"{NODE_BIN}:{os.environ['PATH']}"})  # its Node.js 22 first
+    assert out.returncode == code, out.stderr
+    return out
 
 
 @pytest.mark.skipif(not INSPECTOR.exists() and not os.environ.get("CI"),
                     reason="the MCP Inspector is installed by .ci/run (npm)")
-def test_mcp_inspector_cli_lists_and_calls_every_tool(project: Path) -> None:
-    """A third-party client: the MCP Inspector's CLI mode, from npm."""
-    assert shutil.which("node"), "node is needed for the MCP Inspector"
+def test_mcp_inspector_cli_lists_and_calls_every_tool(
+        project: Path, start_daemon: Callable[..., DaemonProc]) -> None:
+    """A third-party client: the MCP Inspector's CLI mode, from npm, with a real daemon."""
     (project / "bad.py").write_text("def f(:\n")
     syntax_check(project)
-    listed = _inspector(project, "--method", "tools/list")
+    listed = json.loads(_inspector(project, "--method", "tools/list").stdout)
     assert {t["name"] for t in listed["tools"]} == TOOLS
 
     def tool(name: str, *args: str) -> Any:
-        res = _inspector(project, "--method", "tools/call", "--tool-name", name,
+        out = _inspector(project, "--method", "tools/call", "--tool-name", name,
                          *(a for arg in args for a in ("--tool-arg", arg)))
-        assert res["content"][0]["type"] == "text"
-        return res
+        res = json.loads(out.stdout)
+        assert res["isError"] is False and res["content"][0]["type"] == "text"
+        return res["structuredContent"]
 
     ran = tool("run", 'files=["bad.py"]', "timeout_s=60")
-    assert ran["isError"] is False
-    assert ran["structuredContent"]["checks"][0]["findings"] == [
-        "bad.py:1:7: error: SyntaxError: invalid syntax"]
-    assert tool("status")["structuredContent"]["summary"].startswith(
+    assert ran["checks"][0]["findings"] == ["bad.py:1:7: error: SyntaxError: invalid syntax"]
+    assert tool("status")["summary"].startswith(
         "1 check, 1 failing (python-syntax); no daemon is running")
-    assert tool("findings_for", "path=bad.py")["structuredContent"]["findings"]
-    waited = tool("wait_until_fresh", "timeout_s=1")
-    assert waited["isError"] is True and "no devloop daemon" in waited["content"][0]["text"]
-    outside = tool("findings_for", "path=/etc/passwd")
-    assert outside["isError"] is True and "not a file inside the project" in (
-        outside["content"][0]["text"])
+    assert tool("findings_for", "path=bad.py")["findings"] == [
+        "python-syntax: bad.py:1:7: error: SyntaxError: invalid syntax"]
+
+    daemon = start_daemon(project)
+    (project / "bad.py").write_text("def f():\n    return 1\n")
+    waited = tool("wait_until_fresh", "timeout_s=60")
+    assert waited["fresh"] is True and waited["daemon"]["pid"] == daemon.pid
+    assert "1 check, 0 failing" in waited["summary"]
+
+    outside = _inspector(project, "--method", "tools/call", "--tool-name", "findings_for",
+                         "--tool-arg", "path=/etc/passwd", code=5)  # its exit code: isError
+    assert "/etc/passwd is not a file inside the project" in outside.stdout + outside.stderr
 
 
 def test_without_the_extra_one_clear_line(project: Path, tmp_path: Path) -> None:

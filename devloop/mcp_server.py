@@ -295,7 +295,10 @@ async def run_checks(project: Project, files: list[str] | None, timeout_s: float
             _run_once(project.root, state_dir, cfg, rel))
         project.tasks.add(task)
         task.add_done_callback(project.tasks.discard)
-        done = await _bounded(task, timeout_s)
+        try:
+            done = await _bounded(task, timeout_s)
+        except DevloopError as exc:  # say, the results database cannot be opened
+            raise ToolError(exc.message) from None
     if done is None:
         raise ToolError(f"the checks did not finish within timeout_s={timeout_s:g}: they were "
                         "stopped. Call run again with a larger timeout_s, or on fewer files.")

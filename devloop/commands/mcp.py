@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 
 from devloop.commands import Subparsers, add_dir_argument, project_root
-from devloop.errors import EX_OK, DevloopError
-
-EX_UNAVAILABLE = 69  # the optional extra is not installed
+from devloop.errors import EX_OK, EX_UNAVAILABLE, DevloopError
 
 
 def add_parser(sub: Subparsers) -> None:

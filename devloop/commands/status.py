@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
     if not snap["checks"]:
         raise DevloopError(f"no results yet in {root / STATE_DIR}: no check has run",
                            EX_NOINPUT)
-    if args.json:
-        print(json.dumps(snap["checks"], indent=2))
+    if args.json:  # the list it always was: checks with a result (a first run shows later)
+        print(json.dumps([e for e in snap["checks"] if e["outcome"] is not None], indent=2))
     else:
         print(render_snapshot(snap, None if args.all else DEFAULT_LIMIT))
     if args.wait and not snap["fresh"]:

@@ -91,12 +91,13 @@ def _read(root: Path) -> tuple[list[CheckState], dict[str, float | None], Daemon
                                dict[str, LiveState]]:
     store = _open(root)
     try:
-        states = store.latest()
-        try:
-            totals = {k: v.failing_since for k, v in store.totals().items()}
-            row, live = store.live()
-        except sqlite3.OperationalError:  # a database no daemon of this version opened yet
-            totals, row, live = {}, None, {}
+        with store.reading():
+            states = store.latest()
+            try:
+                totals = {k: v.failing_since for k, v in store.totals().items()}
+                row, live = store.live()
+            except sqlite3.OperationalError:  # a database this devloop has not opened yet
+                totals, row, live = {}, None, {}
     except sqlite3.Error as exc:
         raise DevloopError(f"cannot read {root / STATE_DIR / DB_NAME}: {exc}",
                            EX_NOINPUT) from None

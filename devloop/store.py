@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -191,6 +191,15 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Several reads that see one moment: a result and the state it left, together."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
 
     def record(self, run: Run, findings: Sequence[Finding], *, counted: bool = True) -> int:
         """Store a run; its findings replace the check's earlier findings for the same files.

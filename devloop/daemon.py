@@ -219,16 +219,20 @@ class Daemon:
             self._request_reload()
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
+            had: set[str] = set()
+            self._db(lambda store: had.update(store.checks_with_findings(gone)))
             self._db(lambda store: store.forget_files(gone))
-            settled: list[Run] = []
-            self._db(lambda store: settled.extend(store.outcomes_gone_with(gone)))
-            for run in settled:
-                self._on_result(run, [], counted=False)
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
             self.scheduler.changed(changes)
             self._publish_soon()
+        if gone:  # after the scheduler saw the deletion: the verdict is not stale
+            settled: list[Run] = []
+            self._db(lambda store: settled.extend(store.outcomes_gone_with(
+                gone, had, lambda f: os.path.lexists(self.root / f))))
+            for run in settled:
+                self._on_result(run, [], counted=False)
 
     async def _sliced(self, slices: Iterator[int]) -> None:
         for _ in slices:

@@ -284,3 +284,17 @@ def test_real_project_click_wait_shows_the_broken_test(click_sdist: Path, tmp_pa
     [entry] = status_json(project)
     assert entry["state"] == "idle" and entry["stale"] is False
     assert any(f["file"] == "tests/test_utils.py" for f in entry["findings"])
+
+
+def test_deleted_file_takes_a_whole_project_failure_along(project: Path, tmp_path: Path,
+                                                          start_daemon: Start) -> None:
+    (project / "devloop.toml").write_text(lint_check(tmp_path, run_on_start=True))
+    (project / "good.py").write_text("x = 1\n")
+    (project / "bad.py").write_text("BAD = 1\n")
+    start_daemon(project)
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 1 and "whole project" in r.stdout and "bad.py:1:" in r.stdout
+    (project / "bad.py").unlink()
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout
+    assert "0 failing" in r.stdout.splitlines()[0]

@@ -8,6 +8,7 @@ the watchdog ping proves that this loop, and nothing else, is alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -20,16 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from inotify_simple import INotify, flags
-
 from devloop import config as config_mod
-from devloop import reaper
+from devloop import reaper, results
 from devloop.config import Config
 from devloop.core import daemon_health
 from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
-from devloop.results import SYNC_NAME
 from devloop.scheduler import Scheduler
 from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
@@ -90,10 +88,14 @@ class Daemon:
         self._publish_handle: asyncio.Handle | None = None
         self._synced_at: float | None = None
         self._sync_asked: float | None = None  # a waiter's poke, answered once walks end
-        # `.devloop/sync` written by `status --wait`: created now, so a poke made during the
-        # initial walk waits in the queue (see devloop.results)
-        self._sync = INotify()
-        self._sync.add_watch(state_dir, flags.CLOSE_WRITE | flags.MOVED_TO | flags.ONLYDIR)
+        # the FIFO `status --wait` writes to: made now, so a poke during the initial walk
+        # waits in it (see devloop.results)
+        try:
+            self._sync: int | None = results.open_sync_fifo(state_dir)
+        except OSError as exc:
+            log.error("cannot make %s: status --wait cannot ask for the latest changes: %s",
+                      state_dir / results.SYNC_NAME, exc.strerror)
+            self._sync = None
         self._heartbeat_at = float("-inf")
         self._heartbeat_soon_handle: asyncio.TimerHandle | None = None
         self.config_problem: str | None = None
@@ -141,7 +143,8 @@ class Daemon:
             # before the walk began, changes are what the start-up runs check
             self._synced_at = walk_started_ns / 1e9 - 0.05
             self._publish()
-            loop.add_reader(self._sync.fileno(), self._on_sync)
+            if self._sync is not None:
+                loop.add_reader(self._sync, self._on_sync)
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -169,8 +172,11 @@ class Daemon:
                        self._heartbeat_soon_handle):
             if handle is not None:
                 handle.cancel()
-        loop.remove_reader(self._sync.fileno())
-        self._sync.close()
+        if self._sync is not None:
+            loop.remove_reader(self._sync)
+            os.close(self._sync)
+            with contextlib.suppress(OSError):
+                os.unlink(self.state_dir / results.SYNC_NAME)
         for task in (self._walker, self._reload_task):
             if task is not None:
                 task.cancel()
@@ -213,16 +219,20 @@ class Daemon:
             self._request_reload()
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
+            had: set[str] = set()
+            self._db(lambda store: had.update(store.checks_with_findings(gone)))
             self._db(lambda store: store.forget_files(gone))
-            settled: list[Run] = []
-            self._db(lambda store: settled.extend(store.outcomes_gone_with(gone)))
-            for run in settled:
-                self._on_result(run, [], counted=False)
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
             self.scheduler.changed(changes)
             self._publish_soon()
+        if gone:  # after the scheduler saw the deletion: the verdict is not stale
+            settled: list[Run] = []
+            self._db(lambda store: settled.extend(store.outcomes_gone_with(
+                gone, had, lambda f: os.path.lexists(self.root / f))))
+            for run in settled:
+                self._on_result(run, [], counted=False)
 
     async def _sliced(self, slices: Iterator[int]) -> None:
         for _ in slices:
@@ -416,13 +426,13 @@ class Daemon:
                                              synced_at=synced))
 
     def _on_sync(self) -> None:
-        """A waiter wrote `.devloop/sync`: read every change queued before it, then say so."""
+        """A waiter wrote to `.devloop/sync`: read every change queued before, then say so."""
+        assert self._sync is not None
         try:
-            events = self._sync.read(timeout=0)
-        except OSError:
-            events = []
-        if not any(ev.name == SYNC_NAME for ev in events):
-            return
+            while os.read(self._sync, 4096):
+                pass
+        except BlockingIOError:
+            pass
         asked = time.time()
         self._on_inotify()
         self._sync_asked = asked

@@ -8,14 +8,16 @@ has reached the daemon and no check is queued or running.
 How `wait_fresh` knows the daemon has seen the changes made before the call: inotify
 queues an event in the writer's own system call, so every save that returned before
 the call is already queued in the daemon's inotify fd, only not yet read (the loop may
-be busy; nothing is lost but it is late). The waiter notes the time t0 and then writes
-`.devloop/sync`; the daemon watches that file and, on each write, notes the time,
-drains its project inotify fd (reading every queued event, so all saves before t0),
-lets a pending walk of new directories finish, hands the changes to the scheduler and
-publishes `synced_at` with the checks' new states in one transaction. A state with
-`synced_at >= t0` therefore includes every change before the call, and its checks
-are already queued. The waiter sleeps on inotify (the database's files in `.devloop/`)
-and on a pidfd of the daemon, never on a timer.
+be busy, or the debounce not over). The waiter notes the time t0, then writes a byte
+into the daemon's FIFO `.devloop/sync`; the daemon, on reading it, notes the time
+(later than t0), drains its project inotify fd (so reads every save made before t0),
+lets a pending walk of new directories or a reload finish, hands the changes to the
+scheduler and publishes `synced_at` with the checks' new states in one transaction.
+A published state with `synced_at >= t0` therefore includes every change before the
+call, and the checks those changes trigger are already queued in it. The waiter then
+sleeps on inotify (the database's files in `.devloop/`) and on a pidfd of the daemon,
+never on a timer. A FIFO, not a socket: its path has no length limit, its mode keeps
+other users out, and opening it fails at once (ENXIO) when no daemon reads it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from devloop.core.daemon_health import STATE_DIR
 from devloop.errors import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE, DevloopError
 from devloop.store import DB_NAME, FAILING, CheckState, DaemonRow, LiveState, Run, Store
 
-SYNC_NAME = "sync"  # the waiter writes it; the daemon catches up with the project's changes
+SYNC_NAME = "sync"  # a FIFO: a waiter writes to it, the daemon catches up with the changes
 REASON_LINES = 3
 _ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal|E\d*)\b[:\s]", re.IGNORECASE)
 
@@ -89,12 +91,13 @@ def _read(root: Path) -> tuple[list[CheckState], dict[str, float | None], Daemon
                                dict[str, LiveState]]:
     store = _open(root)
     try:
-        states = store.latest()
-        try:
-            totals = {k: v.failing_since for k, v in store.totals().items()}
-            row, live = store.live()
-        except sqlite3.OperationalError:  # a database no daemon of this version opened yet
-            totals, row, live = {}, None, {}
+        with store.reading():
+            states = store.latest()
+            try:
+                totals = {k: v.failing_since for k, v in store.totals().items()}
+                row, live = store.live()
+            except sqlite3.OperationalError:  # a database this devloop has not opened yet
+                totals, row, live = {}, None, {}
     except sqlite3.Error as exc:
         raise DevloopError(f"cannot read {root / STATE_DIR / DB_NAME}: {exc}",
                            EX_NOINPUT) from None
@@ -158,15 +161,26 @@ def is_fresh(snap: dict[str, Any], since: float | None) -> bool:
     return all(e["state"] == "idle" for e in snap["checks"])
 
 
+def open_sync_fifo(state_dir: Path) -> int:
+    """The daemon's end of `.devloop/sync`: made afresh, 0600, read without blocking
+    (opened read-write, so it never reads end-of-file when a waiter closes it)."""
+    path = state_dir / SYNC_NAME
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def _poke(state_dir: Path) -> bool:
-    """Ask the daemon to catch up: write `.devloop/sync`. False when we may not."""
+    """Ask the daemon to catch up. False when we may not (another user's FIFO)."""
     try:
-        fd = os.open(state_dir / SYNC_NAME,
-                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
+        fd = os.open(state_dir / SYNC_NAME, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                     | os.O_CLOEXEC)
+    except OSError:  # ENXIO: nobody reads it; EACCES: not ours; ELOOP: not a FIFO
         return False
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(BlockingIOError):  # full: a poke is already waiting
+            os.write(fd, b"\n")
     finally:
         os.close(fd)
     return True
@@ -205,7 +219,7 @@ def wait_fresh(root: Path, timeout: float, checks: Iterable[str] | None = None
         stack.callback(os.close, pidfd)
         since: float | None = time.time()
         if not _poke(state_dir):
-            since = None  # not ours to write: wait for the daemon to be idle, no more
+            since = None  # not ours to write: wait until the daemon is idle, no more
         while True:
             snap = snapshot(root, names)
             if not snap["daemon"]["running"]:

@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -192,6 +192,15 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Several reads that see one moment: a result and the state it left, together."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
+
     def record(self, run: Run, findings: Sequence[Finding], *, counted: bool = True) -> int:
         """Store a run; its findings replace the check's earlier findings for the same files.
 
@@ -247,20 +256,34 @@ class Store:
             for table in ("runs", "findings", "checks", "check_state"):
                 c.execute(f"DELETE FROM {table} WHERE check_name NOT IN ({marks})", keep)
 
-    def outcomes_gone_with(self, files: Iterable[str]) -> list[Run]:
-        """Failing checks whose last run checked only files that are now deleted, and that
-        have no findings left: the verdict goes with the files (a pass that says why)."""
-        gone = set(files)
+    def checks_with_findings(self, files: Iterable[str]) -> set[str]:
+        """The checks that have findings in these files."""
+        files = list(files)
+        found: set[str] = set()
+        for i in range(0, len(files), 500):  # below SQLite's limit on bound variables
+            chunk = files[i:i + 500]
+            found.update(name for (name,) in self.conn.execute(
+                "SELECT DISTINCT check_name FROM findings WHERE file IN"
+                f" ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def outcomes_gone_with(self, gone: Sequence[str], had_findings: set[str],
+                           exists: Callable[[str], bool]) -> list[Run]:
+        """After deleted files' findings were forgotten: the failing checks whose failure
+        went with them, each as a settled pass that says why. Either all the findings of a
+        failing run were in deleted files, or every file its run checked is gone."""
         settled = []
         for st in self.latest():
             r = st.run
-            if (r.outcome in FAILING and r.files and not r.covers_all and not st.findings
-                    and gone.issuperset(r.files)):
+            if r.outcome not in FAILING or st.findings:
+                continue
+            if (r.check in had_findings and r.outcome == "fail") or (
+                    r.files and not r.covers_all and not any(exists(f) for f in r.files)):
                 settled.append(Run(
                     check=r.check, started=time.time(), duration=0.0, exit_code=None,
-                    outcome="pass", files=(), output="", reason=(
-                        "devloop: the files of the failing run were deleted: "
-                        + ", ".join(r.files[:5]))))
+                    outcome="pass", files=(), output="",
+                    reason="devloop: its failure went with the deleted "
+                    + ", ".join(sorted(gone)[:5]) + (", …" if len(gone) > 5 else "")))
         return settled
 
     def totals(self) -> dict[str, CheckTotals]:

@@ -89,6 +89,8 @@ def _check_lines(e: dict[str, Any], limit: int | None) -> list[str]:
         stale = ", stale" if e["stale"] else ""
         lines = [f"{STATE_MARK[state]} {e['check']}: {state} {e['state_seconds']:.1f}s; "
                  f"last result: {last}{stale}"]
+    elif e["outcome"] is None:
+        lines = [f"· {e['check']}: no result yet (no change has triggered it)"]
     else:
         stale = ", stale" if e["stale"] else ""
         lines = [f"{MARK[e['outcome']]} {e['check']}: {_result_text(e)}{stale}"]
@@ -115,11 +117,10 @@ def summary_line(snap: dict[str, Any]) -> str:
 
 
 def render_snapshot(snap: dict[str, Any], limit: int | None = DEFAULT_LIMIT) -> str:
-    lines = []
+    lines = [summary_line(snap)]
     if not snap["daemon"]["running"]:
         lines.append(f"no daemon is watching {snap['project']}: these results may be stale "
                      f"(start one: devloop watch {snap['project']})")
-    lines.append(summary_line(snap))
     for e in snap["checks"]:
         lines.extend(_check_lines(e, limit))
     return "\n".join(lines)
@@ -153,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     if not snap["checks"]:
         raise DevloopError(f"no results yet in {root / STATE_DIR}: no check has run",
                            EX_NOINPUT)
-    if args.json:
-        print(json.dumps(snap["checks"], indent=2))
+    if args.json:  # the list it always was: checks with a result (a first run shows later)
+        print(json.dumps([e for e in snap["checks"] if e["outcome"] is not None], indent=2))
     else:
         print(render_snapshot(snap, None if args.all else DEFAULT_LIMIT))
     if args.wait and not snap["fresh"]:

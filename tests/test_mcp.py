@@ -3,6 +3,7 @@ MCP Inspector's CLI), a real daemon, and real processes killed under it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -272,6 +273,51 @@ def test_client_gone_mid_call_leaves_no_process(project: Path, tmp_path: Path, h
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _holds_pidfd(pid: int) -> bool:
+    """results.wait_fresh sleeps on a pidfd of the daemon."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd) == "anon_inode:[pidfd]":
+                return True
+    return False
+
+
+def test_end_of_input_during_wait_until_fresh(project: Path, tmp_path: Path,
+                                              start_daemon: Callable[..., DaemonProc]) -> None:
+    """The client goes while wait_until_fresh waits on a slow check: the server exits now,
+    not when the wait would have timed out."""
+    pidfile = tmp_path / "check.pid"
+    sleeper_project(project, pidfile)
+    start_daemon(project)
+    (project / "a.txt").write_text("y\n")
+    wait_for(pidfile.exists, 60, "the daemon's check to start")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        for msg in (
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "wait_until_fresh", "arguments": {"timeout_s": 100}}},
+        ):
+            server.stdin.write(json.dumps(msg).encode() + b"\n")
+            server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 1
+        wait_for(lambda: _holds_pidfd(server.pid), 30, "the wait to watch the daemon's pidfd")
+        assert server.poll() is None  # waiting: the check sleeps for 120 s
+        server.stdin.close()
+        assert server.wait(30) == 0
+        assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def test_daemon_save_then_wait_until_fresh(project: Path,

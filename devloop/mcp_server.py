@@ -73,7 +73,7 @@ class Project:
             if unknown:
                 raise ToolError(f"unknown check {', '.join(map(repr, unknown))}; the checks "
                                 f"are: {', '.join(known) or 'none yet'}")
-            snap = _only(snap, checks)
+            snap = results.snapshot(self.root, checks)
         return snap
 
     def config(self) -> config.Config:
@@ -94,20 +94,6 @@ class Project:
         if real == "." or real.startswith(".."):
             raise ToolError(f"{path} leads out of the project {self.root} (a symlink)")
         return rel
-
-
-def _only(snap: dict[str, Any], checks: Sequence[str]) -> dict[str, Any]:
-    entries = [e for e in snap["checks"] if e["check"] in checks]
-    return {**snap, "checks": entries, "summary": _counts_of(entries)}
-
-
-def _counts_of(entries: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """The shape of results.snapshot()'s "summary", for a subset of its checks."""
-    return {"checks": len(entries),
-            "failing": sum(e["outcome"] in FAILING for e in entries),
-            "running": sum(e["state"] == "running" for e in entries),
-            "queued": sum(e["state"] == "queued" for e in entries),
-            "stale": sum(bool(e["stale"]) for e in entries)}
 
 
 def _ago(t: float) -> str:
@@ -305,11 +291,13 @@ async def run_checks(project: Project, files: list[str] | None, timeout_s: float
     if not done:
         what = "the given files trigger no check" if rel else "no check has any file to check"
         return {"summary": f"nothing ran: {what}", "checks": []}
-    entries = [{"check": st.run.check, **results.result_entry(st), "state": None,
-                "stale": False} for st in done]
+    entries = [{**results.result_entry(st), "state": None, "stale": False} for st in done]
     pid = results.daemon_pid(project.root)
+    failing = sum(e["outcome"] in FAILING for e in entries)
     snap = {"project": str(project.root), "daemon": {"running": pid is not None, "pid": pid},
-            "summary": _counts_of(entries), "checks": entries}
+            "summary": {"checks": len(entries), "failing": failing, "running": 0, "queued": 0,
+                        "stale": 0},
+            "checks": entries}
     out = _answer(snap, DEFAULT_FINDINGS)
     also = f"; a daemon is watching too (PID {pid})" if pid is not None else ""
     out["summary"] = f"ran now, in {time.monotonic() - t0:.1f}s: {summary_line(snap)}{also}"

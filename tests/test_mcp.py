@@ -320,6 +320,25 @@ def test_end_of_input_during_wait_until_fresh(project: Path, tmp_path: Path,
             server.wait()
 
 
+def test_wait_until_fresh_times_out_saying_what_it_waits_for(
+        project: Path, tmp_path: Path, start_daemon: Callable[..., DaemonProc]) -> None:
+    pidfile = tmp_path / "check.pid"
+    sleeper_project(project, pidfile)
+    start_daemon(project)
+    (project / "a.txt").write_text("y\n")
+    wait_for(pidfile.exists, 60, "the daemon's check to start")
+
+    async def body(s: ClientSession) -> None:
+        late = await call(s, "wait_until_fresh", timeout_s=1)
+        assert late["fresh"] is False
+        assert late["summary"].startswith("NOT fresh: timed out after 1s, still waiting for slow")
+        assert late["checks"] == [{"check": "slow", "state": "running", "outcome": None,
+                                   "stale": True, "findings_total": 0, "findings": []}]
+        assert "unknown check 'nope'" in await call_error(
+            s, "wait_until_fresh", timeout_s=1, checks=["nope"])
+    drive(project, body)
+
+
 def test_daemon_save_then_wait_until_fresh(project: Path,
                                            start_daemon: Callable[..., DaemonProc]) -> None:
     """The assistant's loop: save a file, wait_until_fresh, read the new failure."""
@@ -344,6 +363,8 @@ def test_daemon_save_then_wait_until_fresh(project: Path,
         assert "python-syntax" in fresh["summary"]
         st = await call(s, "status")
         assert st["daemon"]["running"] is True and str(daemon.pid) in st["summary"]
+        only = await call(s, "wait_until_fresh", timeout_s=60, checks=["python-syntax"])
+        assert only["fresh"] is True and [c["check"] for c in only["checks"]] == ["python-syntax"]
     drive(project, body)
 
 

@@ -275,6 +275,44 @@ def test_client_gone_mid_call_leaves_no_process(project: Path, tmp_path: Path, h
                 p.wait()
 
 
+def test_cancelled_run_stops_its_checks_and_the_server_goes_on(project: Path,
+                                                               tmp_path: Path) -> None:
+    """notifications/cancelled for a run in flight: its check goes, the server stays."""
+    pidfile = tmp_path / "check.pid"
+    sleeper_project(project, pidfile)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert server.stdin is not None and server.stdout is not None
+
+    def send(msg: dict[str, Any]) -> None:
+        server.stdin.write(json.dumps(msg).encode() + b"\n")  # type: ignore[union-attr]
+        server.stdin.flush()  # type: ignore[union-attr]
+
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}})
+        assert json.loads(server.stdout.readline())["id"] == 1
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "run", "arguments": {"timeout_s": 100}}})
+        check_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60,
+                                 "the check to start"))
+        send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+              "params": {"requestId": 2, "reason": "the user changed their mind"}})
+        wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
+        send({"jsonrpc": "2.0", "id": 3, "method": "ping"})
+        assert json.loads(server.stdout.readline()) == {"jsonrpc": "2.0", "id": 3, "result": {}}
+        server.stdin.close()
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def _holds_pidfd(pid: int) -> bool:
     """results.wait_fresh sleeps on a pidfd of the daemon."""
     for fd in Path(f"/proc/{pid}/fd").iterdir():

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import anyio  # noqa: E402  (installed with mcp)
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_BIN = REPO / ".ci" / "node" / "node_modules" / ".bin"  # installed by .ci/run (npm ci)
+NODE_BIN = REPO / ".ci" / "node" / "node_modules" / ".bin"  # installed by .ci/run (npm)
 INSPECTOR = NODE_BIN / "mcp-inspector"
 TOOLS = {"status", "wait_until_fresh", "findings_for", "run"}
 # a check that notes its PID, then sleeps: for calls cut short under it
@@ -207,110 +207,120 @@ def test_run_timeout_stops_the_checks(project: Path, tmp_path: Path) -> None:
     drive(project, body)
 
 
+class RawServer:
+    """`devloop mcp` on pipes of the test's own, spoken to in raw JSON-RPC lines: a client
+    that can close stdin, signal the server or cancel a call at a chosen moment."""
+
+    def __init__(self, root: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devloop", "mcp", str(root)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}})
+        assert self.receive()["id"] == 0
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def call(self, request_id: int, tool: str, **args: Any) -> None:
+        self.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                   "params": {"name": tool, "arguments": args}})
+
+    def close_stdin_and_wait(self) -> None:
+        """End of input: the server exits 0, without a traceback."""
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0
+        assert b"Traceback" not in self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Path], RawServer]]:
+    started: list[RawServer] = []
+
+    def start(root: Path) -> RawServer:
+        started.append(RawServer(root))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()
+
+
 def _mcp_processes(root: Path) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"devloop mcp {root}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
 @pytest.mark.parametrize("how", ["kill-client", "close-stdin", "sigterm-server"])
-def test_client_gone_mid_call_leaves_no_process(project: Path, tmp_path: Path, how: str) -> None:
+def test_client_gone_mid_call_leaves_no_process(
+        project: Path, tmp_path: Path, raw_server: Callable[[Path], RawServer], how: str) -> None:
     """A run is in flight when the client goes away: the server and the check both go."""
     pidfile = tmp_path / "check.pid"
     sleeper_project(project, pidfile)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-    client = None
-    assert server.stdin is not None and server.stdout is not None
-    try:
-        if how == "kill-client":
-            # the real SDK client in its own process, killed with SIGKILL mid-call
-            server.kill()
-            server.wait()
-            script = tmp_path / "client.py"
-            script.write_text(textwrap.dedent(f"""
-                import anyio, sys
-                sys.path.insert(0, {str(Path(__file__).parent)!r})
-                from test_mcp import session
-                from pathlib import Path
-                async def main():
-                    async with session(Path({str(project)!r})) as s:
-                        await s.call_tool("run", {{"timeout_s": 100}})
-                anyio.run(main)
-                """))
-            client = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL,
-                                      env={**os.environ, "PYTHONPATH": str(REPO)})
+    if how == "kill-client":  # the real SDK client in a process of its own, SIGKILLed
+        script = tmp_path / "client.py"
+        script.write_text(textwrap.dedent(f"""
+            import anyio, sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from test_mcp import session
+            from pathlib import Path
+            async def main():
+                async with session(Path({str(project)!r})) as s:
+                    await s.call_tool("run", {{"timeout_s": 100}})
+            anyio.run(main)
+            """))
+        client = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
             wait_for(pidfile.exists, 60, "the check to start")
             (server_pid,) = _mcp_processes(project)
+        finally:
             client.kill()
             client.wait()
+    else:
+        server = raw_server(project)
+        server.call(1, "run", timeout_s=100)
+        wait_for(pidfile.exists, 60, "the check to start")
+        server_pid = server.proc.pid
+        if how == "close-stdin":
+            server.close_stdin_and_wait()
         else:
-            for msg in (
-                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "test", "version": "0"}}},
-                {"jsonrpc": "2.0", "method": "notifications/initialized"},
-                {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                 "params": {"name": "run", "arguments": {"timeout_s": 100}}},
-            ):
-                server.stdin.write(json.dumps(msg).encode() + b"\n")
-                server.stdin.flush()
-            assert json.loads(server.stdout.readline())["id"] == 1
-            wait_for(pidfile.exists, 60, "the check to start")
-            server_pid = server.pid
-            if how == "close-stdin":
-                server.stdin.close()
-            else:
-                server.send_signal(signal.SIGTERM)
-        check_pid = int(wait_for(lambda: pidfile.read_text(), 10, "the check's PID"))
-        wait_for(lambda: not alive(server_pid), 30, "the server to exit")
-        wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
-        if how != "kill-client":
-            server.wait(10)
-            assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
-    finally:
-        for p in (server, client):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+            server.proc.send_signal(signal.SIGTERM)
+    check_pid = int(wait_for(lambda: pidfile.read_text(), 10, "the check's PID"))
+    wait_for(lambda: not alive(server_pid), 30, "the server to exit")
+    wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
 
 
-def test_cancelled_run_stops_its_checks_and_the_server_goes_on(project: Path,
-                                                               tmp_path: Path) -> None:
+def test_cancelled_run_stops_its_checks_and_the_server_goes_on(
+        project: Path, tmp_path: Path, raw_server: Callable[[Path], RawServer]) -> None:
     """notifications/cancelled for a run in flight: its check goes, the server stays."""
     pidfile = tmp_path / "check.pid"
     sleeper_project(project, pidfile)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert server.stdin is not None and server.stdout is not None
-
-    def send(msg: dict[str, Any]) -> None:
-        server.stdin.write(json.dumps(msg).encode() + b"\n")  # type: ignore[union-attr]
-        server.stdin.flush()  # type: ignore[union-attr]
-
-    try:
-        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"}}})
-        assert json.loads(server.stdout.readline())["id"] == 1
-        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-              "params": {"name": "run", "arguments": {"timeout_s": 100}}})
-        check_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60,
-                                 "the check to start"))
-        send({"jsonrpc": "2.0", "method": "notifications/cancelled",
-              "params": {"requestId": 2, "reason": "the user changed their mind"}})
-        wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
-        send({"jsonrpc": "2.0", "id": 3, "method": "ping"})
-        assert json.loads(server.stdout.readline()) == {"jsonrpc": "2.0", "id": 3, "result": {}}
-        server.stdin.close()
-        assert server.wait(30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    server = raw_server(project)
+    server.call(1, "run", timeout_s=100)
+    check_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60,
+                             "the check to start"))
+    server.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                 "params": {"requestId": 1, "reason": "the user changed their mind"}})
+    wait_for(lambda: not alive(check_pid), 10, "the check to be stopped")
+    server.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    assert server.receive() == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    server.close_stdin_and_wait()
 
 
 def _holds_pidfd(pid: int) -> bool:
@@ -322,8 +332,9 @@ def _holds_pidfd(pid: int) -> bool:
     return False
 
 
-def test_end_of_input_during_wait_until_fresh(project: Path, tmp_path: Path,
-                                              start_daemon: Callable[..., DaemonProc]) -> None:
+def test_end_of_input_during_wait_until_fresh(
+        project: Path, tmp_path: Path, start_daemon: Callable[..., DaemonProc],
+        raw_server: Callable[[Path], RawServer]) -> None:
     """The client goes while wait_until_fresh waits on a slow check: the server exits now,
     not when the wait would have timed out."""
     pidfile = tmp_path / "check.pid"
@@ -331,31 +342,11 @@ def test_end_of_input_during_wait_until_fresh(project: Path, tmp_path: Path,
     start_daemon(project)
     (project / "a.txt").write_text("y\n")
     wait_for(pidfile.exists, 60, "the daemon's check to start")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devloop", "mcp", str(project)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert server.stdin is not None and server.stdout is not None
-    try:
-        for msg in (
-            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "test", "version": "0"}}},
-            {"jsonrpc": "2.0", "method": "notifications/initialized"},
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-             "params": {"name": "wait_until_fresh", "arguments": {"timeout_s": 100}}},
-        ):
-            server.stdin.write(json.dumps(msg).encode() + b"\n")
-            server.stdin.flush()
-        assert json.loads(server.stdout.readline())["id"] == 1
-        wait_for(lambda: _holds_pidfd(server.pid), 30, "the wait to watch the daemon's pidfd")
-        assert server.poll() is None  # waiting: the check sleeps for 120 s
-        server.stdin.close()
-        assert server.wait(30) == 0
-        assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    server = raw_server(project)
+    server.call(1, "wait_until_fresh", timeout_s=100)
+    wait_for(lambda: _holds_pidfd(server.proc.pid), 30, "the wait to watch the daemon's pidfd")
+    assert server.proc.poll() is None  # waiting: the check sleeps for 120 s
+    server.close_stdin_and_wait()
 
 
 def test_wait_until_fresh_times_out_saying_what_it_waits_for(

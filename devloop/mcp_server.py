@@ -88,7 +88,9 @@ class Project:
             raise ToolError("path must be a file name, relative to the project root or absolute")
         full = os.path.normpath(os.path.join(self.root, path))
         rel = os.path.relpath(full, self.root)
-        if rel == "." or rel.startswith(".."):
+        if rel == ".":
+            raise ToolError(f"{path} is the project root: call status for all of it")
+        if rel.startswith(".."):
             raise ToolError(f"{path} is not a file inside the project {self.root}")
         real = os.path.relpath(os.path.realpath(full), self.root)
         if real == "." or real.startswith(".."):
@@ -177,20 +179,22 @@ def file_findings(project: Project, path: str) -> dict[str, Any]:
     snap = project.snapshot()
     if snap is None:
         return {**_no_results(project), "path": rel, "findings": []}
+    is_dir = (project.root / rel).is_dir()  # then every file below it
     try:
-        mtime: float | None = os.stat(project.root / rel).st_mtime
+        mtime: float | None = None if is_dir else os.stat(project.root / rel).st_mtime
     except OSError:
         mtime = None
     lines: list[str] = []
     behind: list[str] = []
     for e in snap["checks"]:
-        lines.extend(_finding(f, e["check"]) for f in e["findings"] if f["file"] == rel)
+        lines.extend(_finding(f, e["check"]) for f in e["findings"]
+                     if (f["file"].startswith(f"{rel}/") if is_dir else f["file"] == rel))
         if e["state"] in ("queued", "running"):
             behind.append(f"{e['check']} is {e['state']}")
         elif mtime is not None and e["outcome"] is not None and mtime > e["started"]:
             behind.append(f"{e['check']} last ran before it changed")
-    summary = f"{rel}: {len(lines)} finding{'s' * (len(lines) != 1)}"
-    if mtime is None:
+    summary = f"{rel}{'/' * is_dir}: {len(lines)} finding{'s' * (len(lines) != 1)}"
+    if mtime is None and not is_dir:
         summary += " (no such file now)"
     if behind:
         summary += (f"; may be stale ({'; '.join(behind)}): call wait_until_fresh"
@@ -369,10 +373,12 @@ def build(project: Project) -> MCPServer[Any]:
     @tool("findings_for", read_only)
     def findings_for(
         path: Annotated[str, Field(
-            description="a file of the project, relative to its root or absolute")],
+            description="a file of the project (or a directory: every file below it), "
+            "relative to the project root or absolute")],
     ) -> dict[str, Any]:
-        """Every check's findings for one file (the one you just edited), and whether the
-        file changed after a check's last run (then its results may be stale)."""
+        """Every check's findings for one file (the one you just edited), and whether a
+        check is queued, running, or last ran before the file changed (then its results
+        may be stale)."""
         return file_findings(project, path)
 
     @tool("run", ToolAnnotations(

@@ -133,6 +133,8 @@ def test_run_then_status_and_findings_for(project: Path) -> None:
         same = await call(s, "findings_for", path=str(project / "bad.py"))
         assert same["findings"] == mine["findings"]
         assert (await call(s, "findings_for", path="good.py"))["findings"] == []
+        assert "is the project root: call status" in await call_error(
+            s, "findings_for", path=str(project))
 
         (project / "bad.py").write_text("x = 1\n")
         later = await call(s, "findings_for", path="bad.py")
@@ -144,8 +146,9 @@ def test_run_then_status_and_findings_for(project: Path) -> None:
 
 
 def test_findings_capped_summary_first(project: Path) -> None:
+    (project / "pkg").mkdir()
     for i in range(25):
-        (project / f"m{i:02}.py").write_text("def f(:\n")
+        (project / "pkg" / f"m{i:02}.py").write_text("def f(:\n")
     syntax_check(project)
 
     async def body(s: ClientSession) -> None:
@@ -158,6 +161,8 @@ def test_findings_capped_summary_first(project: Path) -> None:
         assert len((await call(s, "status", max_findings=3))["checks"][0]["findings"]) == 3
         every = (await call(s, "status", all_findings=True))["checks"][0]
         assert len(every["findings"]) == 25 and "more_findings" not in every
+        below = await call(s, "findings_for", path="pkg")
+        assert below["summary"] == "pkg/: 25 findings" and len(below["findings"]) == 25
     drive(project, body)
 
 

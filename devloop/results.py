@@ -73,7 +73,8 @@ def reason(st: CheckState) -> str | None:
 def result_entry(st: CheckState) -> dict[str, Any]:
     """A check's last result as `status --json` prints it (the live fields come after)."""
     return {**asdict(st.run), "run_id": st.run_id,
-            "findings": [asdict(f) for f in st.findings], "reason": reason(st)}
+            "findings": [asdict(f) for f in st.findings], "reason": reason(st),
+            "failing": st.failing, "leftover": st.leftover}
 
 
 def _open(root: Path) -> Store:
@@ -127,7 +128,7 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
         st, ls = by_name.get(name), live.get(name)
         entry = result_entry(st) if st is not None else {  # no result yet: queued or running
             **dict.fromkeys(f.name for f in fields(Run)), "check": name, "run_id": None,
-            "findings": [], "reason": None}
+            "findings": [], "reason": None, "failing": False, "leftover": 0}
         entry["state"] = None if ls is None else ls.state
         entry["state_seconds"] = None if ls is None else round(max(now - ls.since, 0.0), 3)
         entry["stale"] = None if ls is None else bool(
@@ -142,7 +143,7 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
                    "synced_at": row.synced_at if live and row is not None else None},
         "summary": {
             "checks": len(entries),
-            "failing": sum(e["outcome"] in FAILING for e in entries),
+            "failing": sum(e["failing"] for e in entries),
             "running": sum(e["state"] == "running" for e in entries),
             "queued": sum(e["state"] == "queued" for e in entries),
             "stale": sum(bool(e["stale"]) for e in entries),

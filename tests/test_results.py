@@ -298,3 +298,26 @@ def test_deleted_file_takes_a_whole_project_failure_along(project: Path, tmp_pat
     r = text(project, "--wait", "--timeout", "60")
     assert r.returncode == 0, r.stdout
     assert "0 failing" in r.stdout.splitlines()[0]
+
+
+def test_a_pass_on_one_file_does_not_hide_errors_in_another(project: Path, tmp_path: Path,
+                                                            start_daemon: Start) -> None:
+    (project / "devloop.toml").write_text(lint_check(tmp_path))
+    start_daemon(project)
+    (project / "bad.py").write_text("BAD = 1\n")
+    assert text(project, "--wait", "--timeout", "60").returncode == 1
+    (project / "good.py").write_text("x = 1\n")
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 1, r.stdout
+    assert r.stdout.splitlines()[0] == "1 check, 1 failing (lint)"
+    assert "✗ lint: pass" in r.stdout and "still failing: 1 errors found earlier" in r.stdout
+    [entry] = status_json(project)
+    assert (entry["outcome"], entry["failing"], entry["leftover"]) == ("pass", True, 1)
+    hb = wait_for(lambda: (h := read_heartbeat(project)) and h["checks"]["lint"]["runs"].get(
+        "pass") and h, what="the heartbeat after the pass")
+    assert hb["checks"]["lint"]["failing"] is True
+    (project / "bad.py").write_text("GOOD = 1\n")
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout
+    wait_for(lambda: (h := read_heartbeat(project)) and not h["checks"]["lint"]["failing"],
+             what="the heartbeat after the fix")

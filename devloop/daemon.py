@@ -453,7 +453,8 @@ class Daemon:
 
     def _save(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
         """Runs are saved in order; those the database refuses wait in memory for a retry."""
-        self.last_duration[run.check] = round(run.duration, 4)
+        if counted:
+            self.last_duration[run.check] = round(run.duration, 4)
         self._unsaved.append((run, findings, counted))
         if len(self._unsaved) > MAX_UNSAVED:
             self._unsaved.popleft()

@@ -42,7 +42,9 @@ from devloop.store import DB_NAME, FAILING, CheckState, DaemonRow, LiveState, Ru
 
 SYNC_NAME = "sync"  # a FIFO: a waiter writes to it, the daemon catches up with the changes
 REASON_LINES = 3
-_ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal|E\d*)\b[:\s]", re.IGNORECASE)
+# `error: ...`, `path: error: ...`, pytest's `E   ...`, a traceback's `ValueError: ...`
+_ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal)\b[:\s]|^E\s|^([\w.]*(Error|Exception))\b:",
+                         re.IGNORECASE)
 
 
 def daemon_pid(root: Path) -> int | None:

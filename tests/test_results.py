@@ -321,3 +321,18 @@ def test_a_pass_on_one_file_does_not_hide_errors_in_another(project: Path, tmp_p
     assert r.returncode == 0, r.stdout
     wait_for(lambda: (h := read_heartbeat(project)) and not h["checks"]["lint"]["failing"],
              what="the heartbeat after the fix")
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ('error: Duplicate module named "setup"\n' + "note: see\n" * 9, 'error: Duplicate module'),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nZeroDivisionError: by zero\n",
+     "ZeroDivisionError: by zero"),
+    ("collecting ...\nE   ImportError: no module x\n", "E   ImportError: no module x"),
+    ("something broke\nsecond\nthird\nfourth\n", "something broke\nsecond\nthird"),
+])
+def test_reason_of_a_failure_without_findings(output: str, expected: str) -> None:
+    from devloop.store import CheckState
+    run = Run(check="c", started=0.0, duration=0.0, exit_code=1, outcome="fail", files=None,
+              output=output)
+    got = results.reason(CheckState(run=run, run_id=1, findings=()))
+    assert got is not None and got.startswith(expected)

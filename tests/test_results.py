@@ -18,7 +18,7 @@ from daemon_proc import DaemonProc, devloop, status_json, wait_for
 
 from devloop import results
 from devloop.core.daemon_health import read_heartbeat
-from devloop.store import Run, Store
+from devloop.store import CheckState, Run, Store
 
 Start = Callable[..., DaemonProc]
 
@@ -331,7 +331,6 @@ def test_a_pass_on_one_file_does_not_hide_errors_in_another(project: Path, tmp_p
     ("something broke\nsecond\nthird\nfourth\n", "something broke\nsecond\nthird"),
 ])
 def test_reason_of_a_failure_without_findings(output: str, expected: str) -> None:
-    from devloop.store import CheckState
     run = Run(check="c", started=0.0, duration=0.0, exit_code=1, outcome="fail", files=None,
               output=output)
     got = results.reason(CheckState(run=run, run_id=1, findings=()))

@@ -76,9 +76,12 @@ class Daemon:
         self.last_run: Run | None = None
         # the truth before this start: counters, last success, failing streaks, outcomes
         try:
+            self.store.forget_checks_except(c.name for c in config.checks)  # removed meanwhile
+        except sqlite3.Error as exc:
+            log.warning("cannot forget the results of removed checks yet: %s", exc)
+        try:
             self.totals: dict[str, CheckTotals] = self.store.totals()
-            names = {c.name for c in config.checks}
-            latest = [st for st in self.store.latest() if st.run.check in names]
+            latest = self.store.latest()
         except sqlite3.Error as exc:
             log.error("cannot read the earlier results in %s: %s", state_dir, exc)
             self.totals, latest = {}, []

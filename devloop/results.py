@@ -161,7 +161,8 @@ def is_fresh(snap: dict[str, Any], since: float | None) -> bool:
         return False
     if since is not None and (d["synced_at"] is None or d["synced_at"] < since):
         return False
-    return all(e["state"] == "idle" for e in snap["checks"])
+    # None: a result of a check the daemon does not run (no longer configured)
+    return all(e["state"] in ("idle", None) for e in snap["checks"])
 
 
 def open_sync_fifo(state_dir: Path) -> int:

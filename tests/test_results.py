@@ -335,3 +335,16 @@ def test_reason_of_a_failure_without_findings(output: str, expected: str) -> Non
               output=output)
     got = results.reason(CheckState(run=run, run_id=1, findings=()))
     assert got is not None and got.startswith(expected)
+
+
+def test_a_check_removed_while_no_daemon_ran_does_not_block_wait(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    (project / "a.py").write_text("x = 1\n")
+    (project / "devloop.toml").write_text(
+        lint_check(tmp_path) + check("gone", command=["false"], patterns=["*.py"]))
+    assert devloop("run", str(project)).returncode == 1
+    (project / "devloop.toml").write_text(lint_check(tmp_path))
+    start_daemon(project)
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gone" not in r.stdout

@@ -76,14 +76,17 @@ class Daemon:
         self.last_run: Run | None = None
         # the truth before this start: counters, last success, failing streaks, outcomes
         try:
+            self.store.forget_checks_except(c.name for c in config.checks)  # removed meanwhile
+        except sqlite3.Error as exc:
+            log.warning("cannot forget the results of removed checks yet: %s", exc)
+        try:
             self.totals: dict[str, CheckTotals] = self.store.totals()
-            names = {c.name for c in config.checks}
-            latest = [st.run for st in self.store.latest() if st.run.check in names]
+            latest = self.store.latest()
         except sqlite3.Error as exc:
             log.error("cannot read the earlier results in %s: %s", state_dir, exc)
             self.totals, latest = {}, []
-        self.failing = {r.check for r in latest if r.outcome in FAILING}
-        self.last_duration = {r.check: round(r.duration, 4) for r in latest}
+        self.failing = {st.run.check for st in latest if st.failing}
+        self.last_duration = {st.run.check: round(st.run.duration, 4) for st in latest}
         self._live: dict[str, LiveState] = {}
         self._publish_handle: asyncio.Handle | None = None
         self._synced_at: float | None = None
@@ -309,11 +312,17 @@ class Daemon:
     def _on_result(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
         """counted=False: a verdict settled by devloop (its files are gone), not a run."""
         self.last_run = run
-        if run.outcome in FAILING:
-            self.failing.add(run.check)
-        elif run.outcome == "pass":
-            self.failing.discard(run.check)
         self._save(run, findings, counted=counted)
+        totals = self.totals.get(run.check)
+        if not self._unsaved and totals is not None:  # the database's verdict (see Store)
+            failing = totals.failing_since is not None
+        else:
+            failing = run.check in self.failing if run.outcome == "cancelled" else (
+                run.outcome in FAILING)
+        if failing:
+            self.failing.add(run.check)
+        else:
+            self.failing.discard(run.check)
         detail = ""
         if run.outcome == "fail":
             first = (f": {findings[0].file}:{findings[0].line} {findings[0].message}" if findings
@@ -447,7 +456,8 @@ class Daemon:
 
     def _save(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
         """Runs are saved in order; those the database refuses wait in memory for a retry."""
-        self.last_duration[run.check] = round(run.duration, 4)
+        if counted:
+            self.last_duration[run.check] = round(run.duration, 4)
         self._unsaved.append((run, findings, counted))
         if len(self._unsaved) > MAX_UNSAVED:
             self._unsaved.popleft()

@@ -42,7 +42,9 @@ from devloop.store import DB_NAME, FAILING, CheckState, DaemonRow, LiveState, Ru
 
 SYNC_NAME = "sync"  # a FIFO: a waiter writes to it, the daemon catches up with the changes
 REASON_LINES = 3
-_ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal|E\d*)\b[:\s]", re.IGNORECASE)
+# `error: ...`, `path: error: ...`, pytest's `E   ...`, a traceback's `ValueError: ...`
+_ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal)\b[:\s]|^E\s|^([\w.]*(Error|Exception))\b:",
+                         re.IGNORECASE)
 
 
 def daemon_pid(root: Path) -> int | None:
@@ -73,7 +75,8 @@ def reason(st: CheckState) -> str | None:
 def result_entry(st: CheckState) -> dict[str, Any]:
     """A check's last result as `status --json` prints it (the live fields come after)."""
     return {**asdict(st.run), "run_id": st.run_id,
-            "findings": [asdict(f) for f in st.findings], "reason": reason(st)}
+            "findings": [asdict(f) for f in st.findings], "reason": reason(st),
+            "failing": st.failing, "leftover": st.leftover}
 
 
 def _open(root: Path) -> Store:
@@ -127,7 +130,7 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
         st, ls = by_name.get(name), live.get(name)
         entry = result_entry(st) if st is not None else {  # no result yet: queued or running
             **dict.fromkeys(f.name for f in fields(Run)), "check": name, "run_id": None,
-            "findings": [], "reason": None}
+            "findings": [], "reason": None, "failing": False, "leftover": 0}
         entry["state"] = None if ls is None else ls.state
         entry["state_seconds"] = None if ls is None else round(max(now - ls.since, 0.0), 3)
         entry["stale"] = None if ls is None else bool(
@@ -142,7 +145,7 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
                    "synced_at": row.synced_at if live and row is not None else None},
         "summary": {
             "checks": len(entries),
-            "failing": sum(e["outcome"] in FAILING for e in entries),
+            "failing": sum(e["failing"] for e in entries),
             "running": sum(e["state"] == "running" for e in entries),
             "queued": sum(e["state"] == "queued" for e in entries),
             "stale": sum(bool(e["stale"]) for e in entries),
@@ -158,7 +161,8 @@ def is_fresh(snap: dict[str, Any], since: float | None) -> bool:
         return False
     if since is not None and (d["synced_at"] is None or d["synced_at"] < since):
         return False
-    return all(e["state"] == "idle" for e in snap["checks"])
+    # None: a result of a check the daemon does not run (no longer configured)
+    return all(e["state"] in ("idle", None) for e in snap["checks"])
 
 
 def open_sync_fifo(state_dir: Path) -> int:

@@ -105,6 +105,11 @@ class CheckState:
     run: Run
     run_id: int
     findings: tuple[Finding, ...]
+    leftover: int = 0  # errors from failing runs on files its last (passing) run did not check
+
+    @property
+    def failing(self) -> bool:
+        return self.run.outcome in FAILING or self.leftover > 0
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ class Store:
                     [(run.check, f.file, f.line, f.column, f.severity, f.code, f.message, run_id)
                      for f in findings],
                 )
-            _count(c, run, counted)
+            _count(c, run, counted, still_failing=_leftover(c, run) > 0)
             c.execute(
                 "DELETE FROM runs WHERE check_name = ? AND id <= ("
                 " SELECT id FROM runs WHERE check_name = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -275,9 +280,9 @@ class Store:
         settled = []
         for st in self.latest():
             r = st.run
-            if r.outcome not in FAILING or st.findings:
+            if not (st.failing or r.check in had_findings) or st.findings:
                 continue
-            if (r.check in had_findings and r.outcome == "fail") or (
+            if (r.check in had_findings and r.outcome in ("fail", "pass")) or (
                     r.files and not r.covers_all and not any(exists(f) for f in r.files)):
                 settled.append(Run(
                     check=r.check, started=time.time(), duration=0.0, exit_code=None,
@@ -352,7 +357,8 @@ class Store:
                       outcome=outcome, files=None if files is None else tuple(json.loads(files)),
                       output=output, covers_all=bool(covers_all),
                       counts=None if counts is None else json.loads(counts), reason=reason)
-            states.append(CheckState(run=run, run_id=run_id, findings=found))
+            states.append(CheckState(run=run, run_id=run_id, findings=found,
+                                     leftover=_leftover(c, run)))
         return states
 
 
@@ -377,8 +383,22 @@ def _add_columns(conn: sqlite3.Connection) -> None:
                                  exit_code=None, outcome=outcome, files=None, output=""), True)
 
 
-def _count(conn: sqlite3.Connection, run: Run, counted: bool) -> None:
-    """Move the check's counters, last success and failing streak by one result."""
+def _leftover(conn: sqlite3.Connection, run: Run) -> int:
+    """After a pass on some files: the errors that failing runs found in the check's other
+    files, still there. The check still fails (its last run alone would say it passes)."""
+    if run.outcome != "pass" or run.files is None or run.covers_all:
+        return 0
+    (n,) = conn.execute(
+        "SELECT COUNT(*) FROM findings f JOIN runs r ON r.id = f.run_id WHERE f.check_name = ?"
+        " AND f.severity = 'error' AND r.outcome = 'fail'", (run.check,)).fetchone()
+    return int(n)
+
+
+def _count(conn: sqlite3.Connection, run: Run, counted: bool, *, still_failing: bool = False
+           ) -> None:
+    """Move the check's counters, last success and failing streak by one result.
+
+    The streak (failing_since not null) is what says a check fails, to every reader."""
     row = conn.execute("SELECT runs, last_success, failing_since FROM checks"
                        " WHERE check_name = ?", (run.check,)).fetchone()
     runs, last_success, failing_since = (json.loads(row[0]), row[1], row[2]) if row else (
@@ -386,7 +406,7 @@ def _count(conn: sqlite3.Connection, run: Run, counted: bool) -> None:
     if counted:
         runs[run.outcome] = runs.get(run.outcome, 0) + 1
     ended = round(run.started + run.duration, 3)
-    if run.outcome == "pass":
+    if run.outcome == "pass" and not still_failing:
         last_success, failing_since = ended, None
     elif run.outcome in FAILING and failing_since is None:
         failing_since = ended

@@ -18,7 +18,7 @@ from daemon_proc import DaemonProc, devloop, status_json, wait_for
 
 from devloop import results
 from devloop.core.daemon_health import read_heartbeat
-from devloop.store import Run, Store
+from devloop.store import CheckState, Run, Store
 
 Start = Callable[..., DaemonProc]
 
@@ -298,3 +298,53 @@ def test_deleted_file_takes_a_whole_project_failure_along(project: Path, tmp_pat
     r = text(project, "--wait", "--timeout", "60")
     assert r.returncode == 0, r.stdout
     assert "0 failing" in r.stdout.splitlines()[0]
+
+
+def test_a_pass_on_one_file_does_not_hide_errors_in_another(project: Path, tmp_path: Path,
+                                                            start_daemon: Start) -> None:
+    (project / "devloop.toml").write_text(lint_check(tmp_path))
+    start_daemon(project)
+    (project / "bad.py").write_text("BAD = 1\n")
+    assert text(project, "--wait", "--timeout", "60").returncode == 1
+    (project / "good.py").write_text("x = 1\n")
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 1, r.stdout
+    assert r.stdout.splitlines()[0] == "1 check, 1 failing (lint)"
+    assert "✗ lint: pass" in r.stdout and "still failing: 1 errors found earlier" in r.stdout
+    [entry] = status_json(project)
+    assert (entry["outcome"], entry["failing"], entry["leftover"]) == ("pass", True, 1)
+    hb = wait_for(lambda: (h := read_heartbeat(project)) and h["checks"]["lint"]["runs"].get(
+        "pass") and h, what="the heartbeat after the pass")
+    assert hb["checks"]["lint"]["failing"] is True
+    (project / "bad.py").write_text("GOOD = 1\n")
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout
+    wait_for(lambda: (h := read_heartbeat(project)) and not h["checks"]["lint"]["failing"],
+             what="the heartbeat after the fix")
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ('error: Duplicate module named "setup"\n' + "note: see\n" * 9, 'error: Duplicate module'),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nZeroDivisionError: by zero\n",
+     "ZeroDivisionError: by zero"),
+    ("collecting ...\nE   ImportError: no module x\n", "E   ImportError: no module x"),
+    ("something broke\nsecond\nthird\nfourth\n", "something broke\nsecond\nthird"),
+])
+def test_reason_of_a_failure_without_findings(output: str, expected: str) -> None:
+    run = Run(check="c", started=0.0, duration=0.0, exit_code=1, outcome="fail", files=None,
+              output=output)
+    got = results.reason(CheckState(run=run, run_id=1, findings=()))
+    assert got is not None and got.startswith(expected)
+
+
+def test_a_check_removed_while_no_daemon_ran_does_not_block_wait(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    (project / "a.py").write_text("x = 1\n")
+    (project / "devloop.toml").write_text(
+        lint_check(tmp_path) + check("gone", command=["false"], patterns=["*.py"]))
+    assert devloop("run", str(project)).returncode == 1
+    (project / "devloop.toml").write_text(lint_check(tmp_path))
+    start_daemon(project)
+    r = text(project, "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gone" not in r.stdout

@@ -93,7 +93,11 @@ def _check_lines(e: dict[str, Any], limit: int | None) -> list[str]:
         lines = [f"· {e['check']}: no result yet (no change has triggered it)"]
     else:
         stale = ", stale" if e["stale"] else ""
-        lines = [f"{MARK[e['outcome']]} {e['check']}: {_result_text(e)}{stale}"]
+        mark = MARK["fail"] if e["leftover"] else MARK[e["outcome"]]
+        lines = [f"{mark} {e['check']}: {_result_text(e)}{stale}"]
+    if e["leftover"]:
+        lines[0] += (f"; still failing: {e['leftover']} errors found earlier remain in files "
+                     "this run did not check")
     findings = e["findings"]
     shown = findings if limit is None else findings[:limit]
     for f in shown:
@@ -109,7 +113,7 @@ def _check_lines(e: dict[str, Any], limit: int | None) -> list[str]:
 
 def summary_line(snap: dict[str, Any]) -> str:
     s = snap["summary"]
-    failing = [e["check"] for e in snap["checks"] if e["outcome"] in FAILING]
+    failing = [e["check"] for e in snap["checks"] if e["failing"]]
     parts = [f"{s['checks']} check{'' if s['checks'] == 1 else 's'}, {s['failing']} failing"
              + (f" ({', '.join(failing)})" if failing else "")]
     parts += [f"{s[k]} {k}" for k in ("running", "queued", "stale") if s[k]]
@@ -130,7 +134,7 @@ def render(states: list[CheckState], limit: int | None = None) -> str:
     """Results of `devloop run` (no daemon state): each check, then the summary."""
     entries = [{**results.result_entry(st), "state": None, "stale": None} for st in states]
     lines = [ln for e in entries for ln in _check_lines(e, limit)]
-    failing = sum(e["outcome"] in FAILING for e in entries)
+    failing = sum(e["failing"] for e in entries)
     lines.append(f"{len(entries)} checks, {failing} failing")
     return "\n".join(lines)
 
@@ -164,4 +168,4 @@ def run(args: argparse.Namespace) -> int:
               f"latest changes yet ({', '.join(busy) or 'the daemon has not caught up'})",
               file=sys.stderr)
         return EX_TEMPFAIL
-    return EX_FAIL if any(e["outcome"] in FAILING for e in snap["checks"]) else EX_OK
+    return EX_FAIL if any(e["failing"] for e in snap["checks"]) else EX_OK

@@ -27,13 +27,14 @@ from pydantic import Field
 
 from devloop import __version__, config, results, statedir
 from devloop.commands.run import _run_once
-from devloop.commands.status import summary_line
+from devloop.commands.status import DEFAULT_LIMIT, summary_line
+from devloop.commands.status import _ago as ago
 from devloop.core.daemon_health import STATE_DIR
 from devloop.daemon import use_pidfd_child_watcher
 from devloop.errors import DevloopError
 from devloop.store import DB_NAME, FAILING, CheckState
 
-DEFAULT_FINDINGS = 10  # per check, as `devloop status` shows them
+DEFAULT_FINDINGS = DEFAULT_LIMIT  # per check, as `devloop status` shows them
 MAX_FINDINGS_FOR = 50  # of one file, all checks together
 MAX_MESSAGE = 300  # characters of one finding's message
 MAX_WAITERS = 8  # wait_until_fresh calls at once (each holds an inotify instance)
@@ -98,11 +99,6 @@ class Project:
         return rel
 
 
-def _ago(t: float) -> str:
-    s = max(0, int(time.time() - t))
-    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
-
-
 def _finding(f: dict[str, Any], check: str | None = None) -> str:
     """One line, as `devloop status` prints it: `file:line:col: severity: message [code]`."""
     col = f":{f['column']}" if f["column"] is not None else ""
@@ -122,7 +118,7 @@ def _check_entry(e: dict[str, Any], cap: int | None) -> dict[str, Any]:
         return {**entry, "findings_total": 0, "findings": []}
     files = e["files"]
     entry.update({
-        "ran": _ago(e["started"]),
+        "ran": ago(e["started"]),
         "duration_s": round(e["duration"], 2),
         "scope": ("whole project" if files is None or e["covers_all"]
                   else f"{len(files)} file{'s' * (len(files) != 1)}"),

@@ -146,7 +146,7 @@ def _summary(snap: dict[str, Any]) -> str:
 
 def _answer(snap: dict[str, Any], cap: int | None) -> dict[str, Any]:
     return {"summary": _summary(snap),
-            "daemon": {"running": snap["daemon"]["running"], "pid": snap["daemon"]["pid"]},
+            "daemon": {k: snap["daemon"][k] for k in ("running", "pid")},
             "checks": [_check_entry(e, cap) for e in snap["checks"]]}
 
 
@@ -197,6 +197,7 @@ def file_findings(project: Project, path: str) -> dict[str, Any]:
                     + ("" if snap["daemon"]["running"] else " or run") + " for results that "
                     "cover it")
     result: dict[str, Any] = {"summary": summary, "path": rel,
+                              "daemon": {k: snap["daemon"][k] for k in ("running", "pid")},
                               "checks": [e["check"] for e in snap["checks"]],
                               "findings": lines[:MAX_FINDINGS_FOR]}
     if len(lines) > MAX_FINDINGS_FOR:

@@ -130,6 +130,7 @@ def test_run_then_status_and_findings_for(project: Path) -> None:
         mine = await call(s, "findings_for", path="bad.py")
         assert mine["findings"] == ["python-syntax: bad.py:2:7: error: SyntaxError: invalid syntax"]
         assert mine["summary"] == "bad.py: 1 finding"
+        assert mine["daemon"] == {"running": False, "pid": None}
         same = await call(s, "findings_for", path=str(project / "bad.py"))
         assert same["findings"] == mine["findings"]
         assert (await call(s, "findings_for", path="good.py"))["findings"] == []

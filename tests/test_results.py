@@ -363,3 +363,14 @@ def test_wait_after_deleting_a_passing_file(project: Path, tmp_path: Path,
     (project / "b.py").unlink()
     r = text(project, "--wait", "--timeout", "30")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(check(
+        "evil", command=["printf 'a.py:1: error: \\033[2J\\rgone\\n\\033]0;title\\007\\n'; exit 1"],
+        shell=True, patterns=["*.py"]))
+    (tmp_path / "a.py").write_text("x = 1\n")
+    devloop("run", str(tmp_path))
+    out = text(tmp_path).stdout
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "a.py:1: error: \\x1b[2J" in out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -127,7 +128,9 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, project click 8.1.7 (sdist), "
         "checks with the default debounce; the machine was shared with other work, so the "
         "figures are an upper bound. Time from the save (an appended comment in "
-        "src/click/utils.py) until the call returned with that check's result covering it.",
+        "src/click/utils.py) until the call returned with that check's result covering it. "
+        f"Load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f" on {os.cpu_count()} CPUs.",
         "",
         "| check | waited with | save -> returned, median (ms) | max (ms) "
         "| the run itself, median (ms) | the rest, median (ms) | the rest, max (ms) | saves |",

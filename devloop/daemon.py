@@ -129,7 +129,7 @@ class Daemon:
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
                                        self.watcher.all_files, ledger=self.ledger,
-                                       on_start=self._publish_soon)
+                                       on_state=self._publish_soon)
             self._heartbeat()
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
@@ -421,7 +421,7 @@ class Daemon:
 
     def _publish(self) -> None:
         self._publish_handle = None
-        if self.scheduler is None or self._unsaved:
+        if self.scheduler is None or self._unsaved or self._stop.is_set():
             return  # results first: a reader must not see "idle" before the result
         now = time.time()
         live = {}

@@ -83,10 +83,10 @@ class Scheduler:
         all_files: Callable[[], Iterable[str]],
         environ: Mapping[str, str] | None = None,
         ledger: GroupLedger | None = None,
-        on_start: Callable[[], None] | None = None,
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
-        self.on_start = on_start  # a run begins (the daemon publishes the check's state)
+        self.on_state = on_state  # a run began, or a check's task ended (see states())
         self.ledger = ledger
         self.on_result = on_result
         self.all_files = all_files
@@ -325,8 +325,8 @@ class Scheduler:
                         state.seen = {f: _digest(self.root / f) for f in state.looping}
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
                                              environ=self.environ, ledger=self.ledger)
-                    if self.on_start is not None:
-                        self.on_start()
+                    if self.on_state is not None:
+                        self.on_state()
                     try:
                         run, findings = await state.current.run()
                     finally:
@@ -350,3 +350,5 @@ class Scheduler:
                     break  # changes are still coming: the timer starts the queued run
         finally:
             state.task = None
+            if self.on_state is not None:  # also when it ended without a run (deletions)
+                self.on_state()

@@ -69,7 +69,7 @@ def test_state_running_stale_and_wait(project: Path, tmp_path: Path, start_daemo
     r = text(project, "--wait", "--timeout", "0.5")
     assert r.returncode == 75 and "timed out" in r.stderr
     gate.touch()
-    r = text(project, "--wait", "--timeout", "60")
+    r = text(project, "--wait", "--timeout", "30")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[0] == "1 check, 0 failing"
     gate.unlink()
@@ -345,6 +345,32 @@ def test_a_check_removed_while_no_daemon_ran_does_not_block_wait(
     assert devloop("run", str(project)).returncode == 1
     (project / "devloop.toml").write_text(lint_check(tmp_path))
     start_daemon(project)
-    r = text(project, "--wait", "--timeout", "60")
+    r = text(project, "--wait", "--timeout", "30")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gone" not in r.stdout
+
+
+def test_wait_after_deleting_a_passing_file(project: Path, tmp_path: Path,
+                                            start_daemon: Start) -> None:
+    """A deletion queues the check, which then has nothing to run on: it is idle again
+    (the debounce is long enough for the waiter to see it queued first)."""
+    (project / "devloop.toml").write_text(lint_check(tmp_path, debounce_ms=1500))
+    (project / "a.py").write_text("x = 1\n")
+    (project / "b.py").write_text("x = 1\n")
+    start_daemon(project)
+    (project / "a.py").write_text("x = 2\n")
+    assert text(project, "--wait", "--timeout", "60").returncode == 0
+    (project / "b.py").unlink()
+    r = text(project, "--wait", "--timeout", "30")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    (tmp_path / "devloop.toml").write_text(check(
+        "evil", command=["printf 'a.py:1: error: \\033[2J\\rgone\\n\\033]0;title\\007\\n'; exit 1"],
+        shell=True, patterns=["*.py"]))
+    (tmp_path / "a.py").write_text("x = 1\n")
+    devloop("run", str(tmp_path))
+    out = text(tmp_path).stdout
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "a.py:1: error: \\x1b[2J" in out

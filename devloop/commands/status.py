@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ STATE_MARK = {"running": "⟳", "queued": "⧗"}
 DEFAULT_LIMIT = 10
 DEFAULT_WAIT_S = 600.0
 COUNT_ORDER = ("failed", "errors", "passed", "skipped")
+# what a project's file names and check output may hold that a terminal would obey
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -83,6 +86,8 @@ def _result_text(e: dict[str, Any]) -> str:
 
 
 def _check_lines(e: dict[str, Any], limit: int | None) -> list[str]:
+    """The check's lines; what came from the project or its tools goes through printable()."""
+    e = {**e, "check": printable(e["check"])}
     state = e["state"]
     if state in STATE_MARK:
         last = "none yet" if e["outcome"] is None else _result_text(e)
@@ -103,11 +108,12 @@ def _check_lines(e: dict[str, Any], limit: int | None) -> list[str]:
     for f in shown:
         col = f":{f['column']}" if f["column"] is not None else ""
         code = f" [{f['code']}]" if f["code"] else ""
-        lines.append(f"    {f['file']}:{f['line']}{col}: {f['severity']}: {f['message']}{code}")
+        lines.append(printable(f"    {f['file']}:{f['line']}{col}: {f['severity']}: "
+                               f"{f['message']}{code}"))
     if len(findings) > len(shown):
         lines.append(f"    … {len(findings) - len(shown)} more (--all shows every finding)")
     if e["reason"] and (e["outcome"] != "fail" or not findings):
-        lines.extend(f"    | {t}" for t in e["reason"].splitlines())
+        lines.extend(f"    | {printable(t)}" for t in e["reason"].splitlines())
     return lines
 
 
@@ -115,9 +121,14 @@ def summary_line(snap: dict[str, Any]) -> str:
     s = snap["summary"]
     failing = [e["check"] for e in snap["checks"] if e["failing"]]
     parts = [f"{s['checks']} check{'' if s['checks'] == 1 else 's'}, {s['failing']} failing"
-             + (f" ({', '.join(failing)})" if failing else "")]
+             + (f" ({printable(', '.join(failing))})" if failing else "")]
     parts += [f"{s[k]} {k}" for k in ("running", "queued", "stale") if s[k]]
     return ", ".join(parts)
+
+
+def printable(text: str) -> str:
+    """Control characters (escape sequences) shown as escapes, never sent to the terminal."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def render_snapshot(snap: dict[str, Any], limit: int | None = DEFAULT_LIMIT) -> str:

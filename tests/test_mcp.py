@@ -446,7 +446,8 @@ def test_mcp_inspector_cli_lists_and_calls_every_tool(
     """A third-party client: the MCP Inspector's CLI mode, from npm, with a real daemon."""
     (project / "bad.py").write_text("def f(:\n")
     syntax_check(project)
-    listed = json.loads(_inspector(project, "--method", "tools/list").stdout)
+    # --strict: the Inspector's schema portability check fails (exit 6) on any error
+    listed = json.loads(_inspector(project, "--method", "tools/list", "--strict").stdout)
     assert {t["name"] for t in listed["tools"]} == TOOLS
 
     def tool(name: str, *args: str) -> Any:

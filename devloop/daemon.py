@@ -24,7 +24,14 @@ from devloop import config as config_mod
 from devloop import reaper, statedir
 from devloop.config import Config
 from devloop.core import daemon_health
-from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.errors import (
+    EX_CANTCREAT,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    DevloopError,
+)
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -363,8 +370,14 @@ class Daemon:
             self.store.close()
             self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
         except DevloopError as exc:
-            log.error("%s: exiting", exc.message)
-            self.stop(exc.code)
+            if not os.path.lexists(self.state_dir):
+                # the unit's sandbox makes the project read-only: a restart by the service
+                # manager recreates .devloop (ExecStartPre=) and mounts it writable again
+                log.error("%s: exiting so that a new daemon starts afresh", exc.message)
+                self.stop(EX_IOERR)
+            else:
+                log.error("%s: exiting", exc.message)
+                self.stop(exc.code)
             return
         except (sqlite3.Error, OSError) as exc:
             log.error("cannot recreate the results database in %s: %s: exiting",

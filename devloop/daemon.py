@@ -30,6 +30,7 @@ from devloop.errors import (
     EX_NOINPUT,
     EX_OK,
     EX_OSERR,
+    EX_TEMPFAIL,
     DevloopError,
 )
 from devloop.findings import Finding
@@ -370,14 +371,14 @@ class Daemon:
             self.store.close()
             self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
         except DevloopError as exc:
-            if not os.path.lexists(self.state_dir):
-                # the unit's sandbox makes the project read-only: a restart by the service
-                # manager recreates .devloop (ExecStartPre=) and mounts it writable again
+            if isinstance(exc, statedir.UnsafeStateError) or exc.code == EX_TEMPFAIL:
+                log.error("%s: exiting", exc.message)  # refused, or another daemon took it
+                self.stop(exc.code)
+            else:
+                # e.g. the unit's sandbox, where the project is read-only: a restart by the
+                # service manager recreates .devloop (ExecStartPre=) writable again
                 log.error("%s: exiting so that a new daemon starts afresh", exc.message)
                 self.stop(EX_IOERR)
-            else:
-                log.error("%s: exiting", exc.message)
-                self.stop(exc.code)
             return
         except (sqlite3.Error, OSError) as exc:
             log.error("cannot recreate the results database in %s: %s: exiting",

@@ -111,6 +111,10 @@ def find(root: Path) -> Iterator[Holder | None]:
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
+        if pid in flock_holders(lock):  # the taker died; a process it passed the fd to lives
+            raise DevloopError(f"PID {pid} took the lock of {root} and has exited, but "
+                               "another process still holds it: refusing to guess which "
+                               "one to stop", EX_TEMPFAIL) from None
         yield None  # it exited meanwhile
         return
     try:

@@ -24,8 +24,12 @@ MAX_LOCK_BYTES = 64
 _SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
-def unsafe(path: Path, why: str) -> DevloopError:
-    return DevloopError(f"refusing to use {path}: {why}", EX_CANTCREAT)
+class UnsafeStateError(DevloopError):
+    """A state directory or file that breaks the module's rules: never to be retried."""
+
+
+def unsafe(path: Path, why: str) -> UnsafeStateError:
+    return UnsafeStateError(f"refusing to use {path}: {why}", EX_CANTCREAT)
 
 
 def _check_owned(path: Path, st: os.stat_result) -> None:

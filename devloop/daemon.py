@@ -428,7 +428,7 @@ class Daemon:
                     self.store.close()
                     try:
                         self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-                    except (sqlite3.Error, OSError) as exc2:
+                    except (sqlite3.Error, OSError, DevloopError) as exc2:
                         problem = f"cannot reopen the results database: {exc2}"
                     else:
                         continue

@@ -68,11 +68,14 @@ def is_watch_command(argv: list[str]) -> bool:
     return bool(head) and os.path.basename(head[-1]) == "devloop"
 
 
-def _has_open(pid: int, lock: tuple[int, int]) -> bool:
-    """The process has the file (device, inode) open now (readable by its user and root)."""
+def _has_open(pid: int, lock: tuple[int, int]) -> bool | None:
+    """The process has the file (device, inode) open now; None when we may not look
+    (another user's process, or one in a service's user namespace)."""
     fd_dir = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(fd_dir)
+    except PermissionError:
+        return None
     except OSError:
         return False
     for fd in fds:
@@ -121,7 +124,13 @@ def find(root: Path) -> Iterator[Holder | None]:
         argv = procfs.cmdline(pid) or []
         # checked after pidfd_open, and the pidfd still names a live process below: the
         # PID cannot have been reused between this check and the signal
-        if not (is_watch_command(argv) and _has_open(pid, lock)):
+        has_open = _has_open(pid, lock)
+        if has_open is None:
+            raise DevloopError(
+                f"PID {pid} holds the lock of {root}, but its open files cannot be checked "
+                "from here (another user's, or a service's): refusing to signal it; use "
+                "systemctl or supervisorctl, or run stop as its user", EX_TEMPFAIL)
+        if not (is_watch_command(argv) and has_open):
             raise DevloopError(
                 f"PID {pid} holds the lock of {root} but is not a devloop daemon with that "
                 "lock open (an inherited lock, or a reused PID): refusing to signal it; "

@@ -1,4 +1,4 @@
-"""Reading /proc: one parser for `/proc/PID/stat`, cmdline, cwd and the boot id.
+"""Reading /proc: one parser for `/proc/PID/stat`, cmdline and the boot id.
 
 Everything here reads kernel-made text about other processes, which may vanish or
 be another user's at any moment: each reader returns None instead of raising.
@@ -17,8 +17,7 @@ class ProcStat:
     """The fields of /proc/PID/stat that devloop uses."""
 
     pid: int
-    state: str
-    ppid: int
+    state: str  # R, S, D, Z (zombie), ...
     pgid: int
     start_time: int  # field 22: clock ticks after boot; with the PID it names one process
 
@@ -37,7 +36,7 @@ def stat(pid: int) -> ProcStat | None:
         return None
     try:
         return ProcStat(pid=pid, state=fields[0].decode("ascii", "replace"),
-                        ppid=int(fields[1]), pgid=int(fields[2]), start_time=int(fields[19]))
+                        pgid=int(fields[2]), start_time=int(fields[19]))
     except ValueError:
         return None
 
@@ -55,14 +54,6 @@ def cmdline(pid: int) -> list[str] | None:
     return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else []
 
 
-def cwd(pid: int) -> str | None:
-    """Where the process's working directory is, or None when not ours to read or gone."""
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return None
-
-
 def boot_id() -> str:
     """This boot's random id: a PID or start time recorded under another boot means nothing."""
     try:
@@ -70,8 +61,3 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def pids() -> list[int]:
-    """Every PID now in /proc (threads not included)."""
-    return [int(e) for e in os.listdir("/proc") if e.isdigit()]

@@ -78,12 +78,18 @@ def _has_open(pid: int, lock: tuple[int, int]) -> bool | None:
         return None
     except OSError:
         return False
+    denied = False
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:
             st = os.stat(f"{fd_dir}/{fd}")
-            if stat.S_ISREG(st.st_mode) and statedir.identity(st) == lock:
-                return True
-    return False
+        except PermissionError:
+            denied = True
+            continue
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and statedir.identity(st) == lock:
+            return True
+    return None if denied else False
 
 
 @dataclass(frozen=True)

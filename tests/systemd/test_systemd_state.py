@@ -67,3 +67,22 @@ def test_rm_rf_of_state_dir_restarts_once_and_watches_again(
         assert "echo: pass" in r.stdout, r.stdout
     finally:
         sys_.remove_project(name)
+
+
+def test_stop_of_a_unit_daemon_is_refused_or_done_cleanly(devloop_system: DevloopSystem) -> None:
+    """As alice, the service's process (in the unit's user namespace) cannot be inspected:
+    `devloop stop` says so and signals nothing; as root it is verified and stopped."""
+    sys_ = devloop_system
+    name = "stopunit"
+    d = sys_.make_project(name, TOML)
+    try:
+        sys_.sd.systemctl("start", sys_.unit(name))
+        pid = sys_.wait_active(name)["MainPID"]
+        r = sys_.devloop("stop", d)
+        assert r.returncode == 75, r
+        assert "cannot be checked from here" in r.stderr and "systemctl" in r.stderr, r.stderr
+        assert sys_.state(name)["MainPID"] == pid
+        r = sys_.sd.run(["/opt/devloop/bin/devloop", "stop", d], check=False)
+        assert r.returncode == 0 and f"PID {pid}" in r.stdout and "systemd" in r.stdout, r
+    finally:
+        sys_.remove_project(name)

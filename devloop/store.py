@@ -98,6 +98,8 @@ def _readonly_uri(path: Path) -> str:
     would create -wal and -shm files even for mode=ro: without them (no writer has the
     database open) the file is read as immutable, which creates nothing.
     """
+    if os.path.islink(path.parent):
+        raise sqlite3.OperationalError(f"{path.parent} is a symlink: refusing to follow it")
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             st = os.lstat(p)

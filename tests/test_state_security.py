@@ -260,6 +260,10 @@ def test_status_does_not_follow_a_planted_database_link(shared: Path) -> None:
     (proj / ".devloop" / "devloop.db").symlink_to(other / ".devloop" / "devloop.db")
     r = devloop("status", str(proj))
     assert r.returncode == 66 and "symlink" in one_error_line(r)
+    shutil.rmtree(proj / ".devloop")
+    (proj / ".devloop").symlink_to(other / ".devloop")
+    r = devloop("status", str(proj))
+    assert r.returncode == 66 and "symlink" in one_error_line(r)
 
 
 # -- devloop stop --------------------------------------------------------------------------

@@ -86,3 +86,24 @@ def test_stop_of_a_unit_daemon_is_refused_or_done_cleanly(devloop_system: Devloo
         assert r.returncode == 0 and f"PID {pid}" in r.stdout and "systemd" in r.stdout, r
     finally:
         sys_.remove_project(name)
+
+
+def test_a_newline_in_a_name_stays_in_one_journal_message(devloop_system: DevloopSystem) -> None:
+    """alice's daemon cannot list a directory another user made in her project."""
+    sys_ = devloop_system
+    name = "nlname"
+    d = sys_.make_project(name, TOML)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIattacker other@host"
+    sys_.sd.run(["mkdir", "-m", "0", f"{d}/evil\n{key}"])
+    try:
+        sys_.sd.systemctl("start", sys_.unit(name))
+        sys_.wait_active(name)
+        messages = [str(r.get("MESSAGE", "")) for r in sys_.sd.journal_json(
+            "-u", sys_.unit(name))]
+        evil = [m for m in messages if "evil" in m]
+        assert evil and all("\n" not in m for m in evil), evil
+        assert f"evil\\n{key}" in evil[0], evil
+        text = sys_.sd.journal("-u", sys_.unit(name))
+        assert not any(line.startswith("ssh-ed25519") for line in text.splitlines()), text
+    finally:
+        sys_.remove_project(name)

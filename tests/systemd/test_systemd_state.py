@@ -43,15 +43,24 @@ def test_rm_rf_of_the_project_exits_66_and_is_not_restarted(
         sys_.remove_project(name)
 
 
+@pytest.mark.parametrize("how", ["rm -rf .devloop", "git clean -xdf"])
 def test_rm_rf_of_state_dir_restarts_once_and_watches_again(
-        devloop_system: DevloopSystem) -> None:
+        devloop_system: DevloopSystem, how: str) -> None:
     sys_ = devloop_system
-    name = "rmstate"
+    name = "rmstate" if how.startswith("rm") else "gitclean"
     d = sys_.make_project(name, TOML)
+    git = ["git", "-C", d, "-c", "user.name=a", "-c", "user.email=a@example.invalid"]
     try:
+        if how == "git clean -xdf":  # devloop.toml is tracked and stays; .devloop goes
+            sys_.sd.as_user(USER, ["git", "init", "-q", d])
+            sys_.sd.as_user(USER, [*git, "add", "devloop.toml"])
+            sys_.sd.as_user(USER, [*git, "commit", "-qm", "init"])
         sys_.sd.systemctl("start", sys_.unit(name))
         first = sys_.wait_active(name)["MainPID"]
-        sys_.sd.as_user(USER, ["rm", "-rf", f"{d}/.devloop"])
+        if how == "git clean -xdf":
+            sys_.sd.as_user(USER, [*git, "clean", "-qxdf"])
+        else:
+            sys_.sd.as_user(USER, ["rm", "-rf", f"{d}/.devloop"])
         st = sys_.wait_active(name, not_pid=first, timeout=90)
         assert st["NRestarts"] == "1", st
         journal = sys_.sd.journal("-u", sys_.unit(name))

@@ -22,7 +22,7 @@ from pathlib import Path
 from devloop import statedir
 from devloop.config import Config
 from devloop.daemon import Daemon, use_pidfd_child_watcher
-from devloop.errors import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, DevloopError
+from devloop.errors import EX_CANTCREAT, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, DevloopError
 from devloop.systemd import Notifier, setup_logging
 
 log = logging.getLogger("devloop")
@@ -154,8 +154,12 @@ def _daemon(root: Path, cfg: Config, state_dir: Path, fd: int, max_bytes: int,
     send(f"pid {os.getpid()}")
     code, why = EX_SOFTWARE, "internal error"
     try:
-        handler = PrivateLogHandler(log_path(state_dir), maxBytes=max_bytes,
-                                    backupCount=backups, encoding="utf-8")
+        try:
+            handler = PrivateLogHandler(log_path(state_dir), maxBytes=max_bytes,
+                                        backupCount=backups, encoding="utf-8")
+        except OSError as exc:
+            raise DevloopError(f"cannot open {log_path(state_dir)}: {exc.strerror}",
+                               EX_CANTCREAT) from None
         setup_logging(str(root), handler=handler)
         statedir.acquire(state_dir, root)  # held until this process exits
         use_pidfd_child_watcher()

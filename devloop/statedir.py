@@ -92,6 +92,8 @@ def open_private(path: Path, flags: int, *, own: bool = True) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise unsafe(path, "it is a symlink") from None
+        if own and exc.errno == errno.EACCES:
+            _check_owned(path, os.lstat(path))  # another user's file: say so
         raise
     try:
         st = os.fstat(fd)

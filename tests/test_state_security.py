@@ -392,3 +392,16 @@ def test_deleted_state_dir_is_retaken(project: Path, tmp_path: Path, start_daemo
     r = devloop("stop", str(project))
     assert r.returncode == 0 and f"PID {d.pid}" in r.stdout, r
     assert d.proc.wait(timeout=30) == 0
+
+
+def test_detached_daemon_logs_into_the_recreated_state_dir(project: Path) -> None:
+    (project / "devloop.toml").write_text(TOML + 'command = ["true"]\npatterns = ["x"]\n')
+    r = devloop("watch", str(project))
+    assert r.returncode == 0, r
+    try:
+        shutil.rmtree(project / ".devloop")
+        log = project / ".devloop" / "devloop.log"
+        wait_for(lambda: log.exists() and "recreated" in log.read_text(), what="the new log")
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    finally:
+        assert devloop("stop", str(project)).returncode == 0

@@ -181,8 +181,10 @@ def project_gone(root: Path) -> bool:
     held = _HELD.get(root / STATE_DIR)
     try:
         return held is not None and identity(os.stat(root)) != held.root
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return True
+    except OSError:
+        return False  # cannot tell (a permission changed on the way): keep watching
 
 
 def lock_lost(state_dir: Path) -> bool:
@@ -191,8 +193,10 @@ def lock_lost(state_dir: Path) -> bool:
     held = _HELD.get(state_dir)
     try:
         return held is not None and identity(os.lstat(state_dir / LOCK_NAME)) != held.lock
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return True
+    except OSError:
+        return False
 
 
 def retake(root: Path) -> Path:

@@ -224,6 +224,8 @@ def test_ledger_naming_a_root_process_does_not_stop_the_daemon(shared: Path) -> 
         assert r.returncode == 0, r
         assert "Traceback" not in (proj / ".devloop" / "devloop.log").read_text()
         assert rootproc.poll() is None
+        stop = devloop_as(OWNER, "stop", str(proj))  # its own user verifies and stops it
+        assert stop.returncode == 0 and "stopped" in stop.stdout, stop
     finally:
         devloop_as(OWNER, "stop", str(proj))
         rootproc.kill()

@@ -51,10 +51,13 @@ def daemon_pid(root: Path) -> int | None:
     """The PID of the daemon watching `root` (the holder of its lock), or None."""
     state_dir = root / STATE_DIR
     try:
-        return lockholder.find(state_dir)
-    except DevloopError:  # the lock file names another PID: the kernel's holder counts
-        holders = lockholder.flock_holders(state_dir / statedir.LOCK_NAME)
-        return min(holders) if holders else None
+        try:
+            return lockholder.find(state_dir)
+        except DevloopError:  # the lock file names another PID: the kernel's holder counts
+            holders = lockholder.flock_holders(state_dir / statedir.LOCK_NAME)
+            return min(holders) if holders else None
+    except OSError:  # another user's .devloop/: reading the results fails with the reason
+        return None
 
 
 def reason(st: CheckState) -> str | None:
@@ -81,9 +84,14 @@ def result_entry(st: CheckState) -> dict[str, Any]:
 
 def _open(root: Path) -> Store:
     db = root / STATE_DIR / DB_NAME
-    if not db.exists():
+    try:
+        os.stat(db)
+    except FileNotFoundError:
         raise DevloopError(f"no results yet in {db}: start the daemon "
-                           f"(devloop watch {root}) or run 'devloop run {root}'", EX_NOINPUT)
+                           f"(devloop watch {root}) or run 'devloop run {root}'",
+                           EX_NOINPUT) from None
+    except OSError as exc:  # another user's private .devloop/
+        raise DevloopError(f"cannot read {db}: {exc.strerror}", EX_NOINPUT) from None
     try:
         return Store.open(root / STATE_DIR, readonly=True)
     except sqlite3.Error as exc:

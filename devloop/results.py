@@ -141,8 +141,8 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
             "findings": [], "reason": None, "failing": False, "leftover": 0}
         entry["state"] = None if ls is None else ls.state
         entry["state_seconds"] = None if ls is None else round(max(now - ls.since, 0.0), 3)
-        entry["stale"] = None if ls is None else bool(
-            st is None or (ls.changed_at is not None and ls.changed_at > st.run.started))
+        entry["stale"] = None if ls is None else bool(  # no result: nothing to be stale
+            st is not None and ls.changed_at is not None and ls.changed_at > st.run.started)
         entry["failing_since"] = failing_since.get(name) if st is not None else None
         entries.append(entry)
     running = pid is not None

@@ -44,7 +44,7 @@ def flock_holders(lock: tuple[int, int]) -> set[int]:
     return holders
 
 
-def _lock_identity(state_dir: Path) -> tuple[int, int] | None:
+def lock_identity(state_dir: Path) -> tuple[int, int] | None:
     """The lock file's (device, inode), opened without following a symlink; None if absent."""
     try:
         fd = statedir.open_private(state_dir / statedir.LOCK_NAME, os.O_RDONLY, own=False)
@@ -107,7 +107,7 @@ def find(root: Path) -> Iterator[Holder | None]:
     Refuses (exit 75) when the holder is not provably this project's daemon.
     """
     state_dir = statedir.existing(root)
-    lock = _lock_identity(state_dir) if state_dir is not None else None
+    lock = lock_identity(state_dir) if state_dir is not None else None
     holders = flock_holders(lock) if lock is not None else set()
     if state_dir is None or lock is None or not holders:
         yield None

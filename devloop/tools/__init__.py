@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # config imports NAMES from here: no import cycle at run time
     from devloop.store import Outcome
 
 # The keys `tool = ...` accepts, each the module devloop/tools/<name>.py.
-NAMES: tuple[str, ...] = ("generic", "pysyntax")
+NAMES: tuple[str, ...] = ("generic", "pysyntax", "pytest", "ruff")
 
 
 @dataclass

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,10 +35,10 @@ PLUGIN_DIR = Path(__file__).with_name("pytest_plugin")
 PLUGIN = "devloop_tool_state"
 MESSAGE_LINES = 4
 NO_TESTS = 5  # pytest's exit code when it collected nothing
+COLLECT_TIMEOUT_S = 120
 
 _LOCATION = re.compile(r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+): ", re.MULTILINE)
 _SYNTAX_AT = re.compile(r'^E\s+File "(?P<path>[^"\n]+)", line (?P<line>\d+)', re.MULTILINE)
-_DESELECTED = re.compile(r"\b(\d+) deselected\b")
 
 
 def has_testmon(root: Path) -> bool:
@@ -53,7 +55,8 @@ class Pytest(generic.Generic):
     async def prepare(self, inv: Invocation) -> None:
         extra = [f"--junitxml={inv.report_dir / REPORT_NAME}", "-o", "junit_family=xunit1",
                  "-o", "junit_logging=no", "--continue-on-collection-errors", "-p", PLUGIN]
-        if has_testmon(inv.root) and "--no-testmon" not in inv.argv:
+        # testmon needs pytest's cache plugin (it fails on `-p no:cacheprovider`)
+        if has_testmon(inv.root) and not {"--no-testmon", "no:cacheprovider"} & set(inv.argv):
             datafile = Path(inv.env["TESTMON_DATAFILE"])
             datafile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             extra.append("--testmon-noselect" if inv.whole else "--testmon")
@@ -67,7 +70,8 @@ class Pytest(generic.Generic):
         selecting = "--testmon" in inv.argv
         if not path.exists():  # usage error, a broken conftest.py, a crash
             report = super().parse(inv, done)
-            why = generic.failure_reason(done) or f"pytest exited {done.exit_code}"
+            why = (first_lines(done.stderr.text, 2) or generic.failure_reason(done)
+                   or f"pytest exited {done.exit_code}")
             return Report(findings=report.findings, reason=why,
                           outcome="fail" if done.exit_code in (1, 2) else "error")
         try:
@@ -77,11 +81,9 @@ class Pytest(generic.Generic):
         except (OSError, ValueError, ET.ParseError) as exc:
             return Report(reason=f"pytest's JUnit report could not be read: {exc}",
                           outcome="error")
-        deselected = _DESELECTED.findall(done.stdout.text)
         reason = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         if selecting:
-            reason = (f"testmon: only the tests the change can affect ran ({reason or 'none'}"
-                      f"{f', {deselected[-1]} deselected' if deselected else ''})")
+            reason = f"testmon: only the tests the change can affect ran ({reason or 'none'})"
         outcome: Outcome | None = None
         if done.exit_code == NO_TESTS:
             if selecting:
@@ -163,3 +165,27 @@ def _finding(root: Path, elem: ET.Element, problem: ET.Element) -> Finding:
 
 
 ADAPTER = Pytest()
+
+
+def collects_tests(root: Path, environ: dict[str, str]) -> tuple[bool, str | None]:
+    """Ask the project's pytest (`--collect-only -q`) whether it finds tests: (found, note).
+
+    For `devloop init`: the tests are wherever pytest finds them (`toolz/tests/`, a
+    `testpaths` setting...), and when pytest is left out the note says why."""
+    if shutil.which("pytest", path=environ.get("PATH")) is None:
+        return False, "pytest is not installed in the project's venv or on PATH"
+    argv = ["pytest", "--collect-only", "-q", "-p", PLUGIN]
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR),
+                                                          environ.get("PYTHONPATH")]))
+    try:
+        r = subprocess.run(argv, cwd=root, env=environ, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, errors="replace",
+                           timeout=COLLECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return True, f"pytest --collect-only took over {COLLECT_TIMEOUT_S}s: added anyway"
+    if r.returncode == NO_TESTS:
+        return False, "pytest collected no tests"
+    if r.returncode in (0, 1, 2):  # 1, 2: tests, some of which do not even import
+        return True, None if r.returncode == 0 else "some test modules fail to import"
+    why = first_lines(r.stderr, 2) or first_lines(r.stdout, 2)
+    return False, f"pytest --collect-only exited {r.returncode}: {why}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -249,3 +251,77 @@ def test_without_testmon_the_whole_suite_runs(project: Path) -> None:
     run, _ = run_check(project, PYTEST, ["tests/test_a.py"])
     assert run.counts is not None and run.counts["passed"] == 2
     assert run.reason == "2 passed"
+
+
+# -- issue 12 item 3: no tool state in the project ----------------------------------------------
+HYPOTHESIS_TESTS = '''\
+from hypothesis import given, strategies as st
+
+from pkg.mod import double
+
+
+@given(st.integers())
+def test_double(n):
+    assert double(n) == n + n
+
+
+@given(st.integers())
+def test_fails(n):
+    assert double(n) < 100
+'''
+
+
+def hypothesis_project(root: Path) -> None:
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text("def double(n: int) -> int:\n    return n * 2\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_h.py").write_text(HYPOTHESIS_TESTS)
+    (root / "ruff.toml").write_text('[lint]\nselect = ["F", "E"]\n')  # not an ancestor's
+
+
+def writing_bytecode() -> dict[str, str]:
+    """Our environment as a person's shell has it: Python writes bytecode."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def test_default_checks_leave_no_tool_state_in_the_project(proj: Path) -> None:
+    hypothesis_project(proj)
+    # no devloop.toml: the defaults, all four tools
+    r = subprocess.run([sys.executable, "-m", "devloop", "run", str(proj)], capture_output=True,
+                       text=True, timeout=600, env=writing_bytecode())
+    for name in ("python-syntax: pass", "ruff: pass", "mypy: pass", "pytest: fail"):
+        assert name in r.stderr, r.stdout + r.stderr
+    assert "tests/test_h.py::test_fails" in r.stdout
+    assert tool_state_in(proj) == []
+    cache = proj / ".devloop" / "cache"
+    assert (cache / "hypothesis" / "examples").is_dir()  # the failing example is kept there
+    assert (cache / "pycache").is_dir() and (cache / "mypy").is_dir()
+    assert list((cache / "runs").iterdir()) == []  # every run's report dir is removed
+
+
+def test_hypothesis_without_its_storage_variable_uses_the_plugin(proj: Path) -> None:
+    """hypothesis before HYPOTHESIS_STORAGE_DIRECTORY existed: told by the pytest plugin."""
+    hypothesis_project(proj)
+    run, found = run_check(proj, PYTEST, environ={**writing_bytecode(),
+                                                  "HYPOTHESIS_STORAGE_DIRECTORY": ""})
+    assert run.outcome == "fail" and len(found) == 1, run.output
+    assert tool_state_in(proj) == []
+    assert (proj / ".devloop" / "cache" / "hypothesis" / "examples").is_dir()
+
+
+def test_the_units_cache_variables_are_honoured(proj: Path, tmp_path: Path) -> None:
+    """Under the unit: CACHE_DIRECTORY (CacheDirectory=) and the unit's own variables."""
+    hypothesis_project(proj)
+    unit_cache = tmp_path / "var-cache-devloop-proj"
+    unit_cache.mkdir()
+    environ = {**writing_bytecode(), "CACHE_DIRECTORY": str(unit_cache),
+               "RUFF_CACHE_DIR": str(unit_cache / "ruff-from-unit"),
+               "PYTEST_ADDOPTS": f"-o cache_dir={unit_cache / 'pytest-from-unit'}"}
+    run_check(proj, PYTEST, environ=environ)
+    run_check(proj, check('command = ["ruff", "check", "{files}"]\npatterns = ["*.py"]\n'),
+              environ=environ)
+    assert tool_state_in(proj) == []
+    assert not (proj / ".devloop" / "cache").exists()
+    made = {p.name for p in unit_cache.iterdir()}
+    assert {"ruff-from-unit", "pytest-from-unit", "hypothesis", "pycache"} <= made

@@ -325,3 +325,31 @@ def test_the_units_cache_variables_are_honoured(proj: Path, tmp_path: Path) -> N
     assert not (proj / ".devloop" / "cache").exists()
     made = {p.name for p in unit_cache.iterdir()}
     assert {"ruff-from-unit", "pytest-from-unit", "hypothesis", "pycache"} <= made
+
+
+# -- issue 12 item 5a: file lists longer than ARG_MAX -------------------------------------------
+def test_forty_thousand_files_are_split_below_arg_max_and_merged(project: Path,
+                                                                  tmp_path: Path) -> None:
+    names = [f"d{i % 100:02d}/a_module_name_long_enough_to_need_several_runs_{i:05d}.py"
+             for i in range(40_000)]
+    assert sum(len(n) + 1 for n in names) > os.sysconf("SC_ARG_MAX")
+    for i in range(100):
+        (project / f"d{i:02d}").mkdir()
+    for n in names:
+        (project / n).write_text("x = 1\n")
+    (project / names[-1]).write_text("def (:\n")  # in the last batch
+    (project / names[0]).write_text("def (:\n")  # in the first
+    log = tmp_path / "batches"
+    (project / "devloop.toml").write_text(
+        "[checks.syntax]\n"
+        'command = ["python", "-m", "devloop.tools.pysyntax", "{files}"]\n'
+        'patterns = ["*.py"]\n'
+        "[checks.count]\n"
+        f'command = "echo $# >> {log}"\nshell = true\npatterns = ["*.py"]\n')
+    r = devloop("run", str(project))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "count: pass" in r.stderr
+    batches = [int(n) for n in log.read_text().split()]
+    assert len(batches) > 1 and sum(batches) == 40_000
+    assert f"{names[0]}:1:" in r.stdout and f"{names[-1]}:1:" in r.stdout  # both batches' findings
+    assert "argument list too long" not in r.stdout

@@ -353,3 +353,15 @@ def test_forty_thousand_files_are_split_below_arg_max_and_merged(project: Path,
     assert len(batches) > 1 and sum(batches) == 40_000
     assert f"{names[0]}:1:" in r.stdout and f"{names[-1]}:1:" in r.stdout  # both batches' findings
     assert "argument list too long" not in r.stdout
+
+
+def test_a_planted_cache_symlink_is_refused(project: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (project / ".devloop").mkdir(mode=0o700)
+    (project / ".devloop" / "cache").symlink_to(elsewhere)
+    (project / "a.py").write_text("x = 1\n")
+    run, _ = run_check(project, check('command = ["python", "-m", "devloop.tools.pysyntax", '
+                                      '"{files}"]\npatterns = ["*.py"]\n'))
+    assert run.outcome == "pass"  # with a temporary cache, not through the symlink
+    assert list(elsewhere.iterdir()) == []

@@ -8,8 +8,10 @@ is kept: it was somebody's choice.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +36,10 @@ def cache_dir(root: Path, environ: Mapping[str, str]) -> Path:
     given = environ.get("CACHE_DIRECTORY", "").split(":")[0]  # systemd: colon-separated
     path = Path(given) if os.path.isabs(given) else root / STATE_DIR / "cache"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(errno.EPERM, f"{path} is not a directory of ours (a symlink?): "
+                      "refusing to use it")
     return path
 
 

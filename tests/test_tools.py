@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -365,3 +366,23 @@ def test_a_planted_cache_symlink_is_refused(project: Path, tmp_path: Path) -> No
                                       '"{files}"]\npatterns = ["*.py"]\n'))
     assert run.outcome == "pass"  # with a temporary cache, not through the symlink
     assert list(elsewhere.iterdir()) == []
+
+
+def test_syntax_check_runs_with_the_projects_python_whatever_path_the_config_names(
+        proj: Path) -> None:
+    """An old devloop.toml names a python of another machine: it runs all the same, with
+    the project's interpreter (here: its venv's), and DevLoop's script by its path."""
+    (proj / "ok.py").write_text("x = 1\n")
+    (proj / "bad.py").write_text("x = (\n")
+    old = check('command = ["/home/someone-else/.devloop/bin/python3", "-m", '
+                '"devloop.pysyntax", "{files}"]\npatterns = ["*.py"]\n')
+    run, found = run_check(proj, old)
+    assert run.outcome == "fail", run.output
+    assert [(f.file, f.line) for f in found] == [("bad.py", 1)]
+    assert tool_state_in(proj) == []
+    chk = check('command = ["sh", "-c", "true"]\ntool = "pysyntax"\npatterns = ["*.py"]\n')
+    inv = tools.Invocation(argv=["sh", "-c", "true"], env={}, root=proj, files=("ok.py",),
+                           whole=False, report_dir=proj, cache_dir=proj)
+    asyncio.run(tools.adapter_for(chk).prepare(inv))
+    assert inv.argv[0] == str(proj / ".venv" / "bin" / "python")
+    assert inv.argv[1:3] == ["-I", "-B"] and inv.argv[-1] == "ok.py"

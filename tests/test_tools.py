@@ -154,9 +154,9 @@ def test_pytest_failures_are_node_ids_with_assertions_and_counts(proj: Path) -> 
     assert by_id["tests/test_a.py::TestK::test_m"].message.endswith("ValueError: boom")
     syntax = by_id["tests/test_b.py"]  # at the real error, not in pytest's import machinery
     assert (syntax.file, syntax.line, syntax.code) == ("pkg/bad.py", 2, "collection error")
-    assert "SyntaxError" in syntax.message
+    assert syntax.message.startswith("tests/test_b.py: SyntaxError: ")
     assert not any("DeprecationWarning" in f.message for f in found)
-    assert run.reason == "1 passed, 3 failed, 2 errors, 1 skipped"
+    assert run.reason == "3 failed, 1 passed, 1 skipped, 2 errors"  # as pytest says it
     assert tool_state_in(proj) == []
 
 

@@ -38,6 +38,7 @@ NO_TESTS = 5  # pytest's exit code when it collected nothing
 COLLECT_TIMEOUT_S = 120
 
 _LOCATION = re.compile(r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+): ", re.MULTILINE)
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Warning|Exit|Interrupt): ")
 _SYNTAX_AT = re.compile(r'^E\s+File "(?P<path>[^"\n]+)", line (?P<line>\d+)', re.MULTILINE)
 
 
@@ -81,7 +82,7 @@ class Pytest(generic.Generic):
         except (OSError, ValueError, ET.ParseError) as exc:
             return Report(reason=f"pytest's JUnit report could not be read: {exc}",
                           outcome="error")
-        reason = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        reason = summary(counts)
         if selecting:
             reason = f"testmon: only the tests the change can affect ran ({reason or 'none'})"
         outcome: Outcome | None = None
@@ -95,6 +96,14 @@ class Pytest(generic.Generic):
             outcome = "error"
         return Report(findings=found[:findings.MAX_FINDINGS], counts=counts,
                       reason=reason or None, outcome=outcome)
+
+
+def summary(counts: dict[str, int]) -> str:
+    """As pytest says it: `3 failed, 1 passed, 1 skipped, 2 errors`."""
+    said = [f"{counts[k]} {k}" for k in ("failed", "passed", "skipped") if counts[k]]
+    if counts["errors"]:
+        said.append(f"{counts['errors']} error{'s' if counts['errors'] > 1 else ''}")
+    return ", ".join(said)
 
 
 def read_junit(root: Path, path: Path) -> tuple[list[Finding], dict[str, int]]:
@@ -155,7 +164,12 @@ def _finding(root: Path, elem: ET.Element, problem: ET.Element) -> Finding:
         where = (file, int(elem.get("line", "0") or 0) + 1)  # xunit1's line is 0-based
     if elem.get("classname") == "" or message == "collection failure":
         errors = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
-        message = errors[-1] if errors else message
+        # from the exception's own line (`SyntaxError: ...`, `pkg.SomeWarning: ...`) on
+        first = next((i for i, ln in enumerate(errors) if _EXCEPTION.match(ln)), None)
+        if first is not None:
+            message = "\n".join(errors[first:])
+        elif errors:
+            message = errors[-1]
         kind = "collection error"
     else:
         kind = "error" if problem.tag == "error" else "failed"

@@ -161,8 +161,10 @@ class CheckRun:
         outcome: Outcome = "pass"
         for batch in partition(self.check, self.files, env):
             remaining = self.check.timeout_s - (time.monotonic() - t0)
-            code, batch_outcome, text, report = await self._run_batch(
+            batch_code, batch_outcome, text, report = await self._run_batch(
                 adapter, batch, dict(env), cache, max(remaining, 0.001))
+            if code in (None, 0):  # the first batch that did not pass gives the exit code
+                code = batch_code
             texts.append(text)
             reports.append(report)
             if batch_outcome != "pass":

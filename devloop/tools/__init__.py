@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from devloop.findings import Finding
+from devloop.findings import MAX_FINDINGS, Finding
 
 if TYPE_CHECKING:  # config imports NAMES from here: no import cycle at run time
     from devloop.config import Check
@@ -144,7 +144,7 @@ def merge(reports: list[Report]) -> Report:
                 counts[k] = counts.get(k, 0) + v
     reasons = list(dict.fromkeys(r.reason for r in reports if r.reason))
     return Report(
-        findings=[f for r in reports for f in r.findings],
+        findings=[f for r in reports for f in r.findings][:MAX_FINDINGS],
         counts=counts,
         reason="\n".join(reasons) or None,
     )

@@ -20,7 +20,8 @@ from devloop.tools import pytest as pytest_adapter
 
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real venv per session: pytest, hypothesis, ruff, mypy, pytest-testmon."""
+    """One real venv per session: pytest, hypothesis, ruff, mypy, pytest-testmon,
+    pytest-benchmark."""
     return make_venv(tmp_path_factory.mktemp("venv") / "venv")
 
 
@@ -278,6 +279,9 @@ def hypothesis_project(root: Path) -> None:
     (root / "pkg" / "mod.py").write_text("def double(n: int) -> int:\n    return n * 2\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_h.py").write_text(HYPOTHESIS_TESTS)
+    (root / "tests" / "test_bench.py").write_text(  # pytest-benchmark: .benchmarks/
+        "from pkg.mod import double\n\n\ndef test_speed(benchmark):\n"
+        "    benchmark(double, 2)\n")
     (root / "ruff.toml").write_text('[lint]\nselect = ["F", "E"]\n')  # not an ancestor's
 
 
@@ -298,6 +302,7 @@ def test_default_checks_leave_no_tool_state_in_the_project(proj: Path) -> None:
     cache = proj / ".devloop" / "cache"
     assert (cache / "hypothesis" / "examples").is_dir()  # the failing example is kept there
     assert (cache / "pycache").is_dir() and (cache / "mypy").is_dir()
+    assert (cache / "benchmarks").is_dir()
     assert list((cache / "runs").iterdir()) == []  # every run's report dir is removed
 
 

@@ -1,4 +1,5 @@
-"""Real projects with their own venv (pytest, hypothesis, ruff, mypy, pytest-testmon),
+"""Real projects with their own venv (pytest, hypothesis, ruff, mypy, pytest-testmon,
+pytest-benchmark),
 for the tool adapters' tests; the venv is built once per session from PyPI."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from devloop.findings import Finding
 from devloop.runner import CheckRun
 from devloop.store import Run
 
-VENV_PACKAGES = ("pytest", "hypothesis", "ruff", "mypy", "pytest-testmon")
+VENV_PACKAGES = ("pytest", "hypothesis", "ruff", "mypy", "pytest-testmon", "pytest-benchmark")
 
 # what no check may leave in the project tree
 TOOL_STATE = (".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".benchmarks",

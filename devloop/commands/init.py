@@ -72,8 +72,11 @@ def _ensure_gitignored(root: Path) -> bool:
 def _pytest_verdict(root: Path) -> tuple[bool, str | None]:
     """Whether the project's pytest finds tests, asked in the environment checks get."""
     statedir.ensure(root)  # the cache inside it is where pytest's own state goes
-    environ = tool_env.environment(root, os.environ, tool_env.cache_dir(root, os.environ))
-    return pytest_tool.collects_tests(root, environ)
+    try:
+        cache = tool_env.cache_dir(root, os.environ)
+    except OSError as exc:
+        raise DevloopError(f"cannot use the tool cache directory: {exc}", EX_CANTCREAT) from None
+    return pytest_tool.collects_tests(root, tool_env.environment(root, os.environ, cache), cache)
 
 
 def run(args: argparse.Namespace) -> int:

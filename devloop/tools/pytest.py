@@ -62,9 +62,7 @@ class Pytest(generic.Generic):
             datafile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             extra.append("--testmon-noselect" if inv.whole else "--testmon")
         inv.argv.extend(extra)
-        inv.env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(PLUGIN_DIR), inv.env.get("PYTHONPATH")]))
-        inv.env["DEVLOOP_CACHE_DIR"] = str(inv.cache_dir)
+        _use_plugin(inv.env, inv.cache_dir)
 
     def parse(self, inv: Invocation, done: Finished) -> Report:
         path = inv.report_dir / REPORT_NAME
@@ -96,6 +94,13 @@ class Pytest(generic.Generic):
             outcome = "error"
         return Report(findings=found[:findings.MAX_FINDINGS], counts=counts,
                       reason=reason or None, outcome=outcome)
+
+
+def _use_plugin(environ: dict[str, str], cache: Path) -> None:
+    """Make `-p devloop_tool_state` importable, and tell it where the cache is."""
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR),
+                                                          environ.get("PYTHONPATH")]))
+    environ["DEVLOOP_CACHE_DIR"] = str(cache)
 
 
 def summary(counts: dict[str, int]) -> str:
@@ -181,7 +186,8 @@ def _finding(root: Path, elem: ET.Element, problem: ET.Element) -> Finding:
 ADAPTER = Pytest()
 
 
-def collects_tests(root: Path, environ: dict[str, str]) -> tuple[bool, str | None]:
+def collects_tests(root: Path, environ: dict[str, str], cache: Path,
+                   ) -> tuple[bool, str | None]:
     """Ask the project's pytest (`--collect-only -q`) whether it finds tests: (found, note).
 
     For `devloop init`: the tests are wherever pytest finds them (`toolz/tests/`, a
@@ -189,8 +195,7 @@ def collects_tests(root: Path, environ: dict[str, str]) -> tuple[bool, str | Non
     if shutil.which("pytest", path=environ.get("PATH")) is None:
         return False, "pytest is not installed in the project's venv or on PATH"
     argv = ["pytest", "--collect-only", "-q", "-p", PLUGIN]
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR),
-                                                          environ.get("PYTHONPATH")]))
+    _use_plugin(environ, cache)
     try:
         r = subprocess.run(argv, cwd=root, env=environ, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, errors="replace",

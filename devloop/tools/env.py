@@ -27,8 +27,13 @@ CACHE_VARS = {
     "MYPY_CACHE_DIR": "mypy",
     "RUFF_CACHE_DIR": "ruff",
     "TESTMON_DATAFILE": "testmon/testmondata",  # pytest-testmon's .testmondata
-    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",  # read by hypothesis >= 6.131
+    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",  # read by recent hypothesis (6.170 is)
 }
+
+# `-o cache_dir=` names an option of pytest's cache plugin: with the plugin off
+# (`-p no:cacheprovider`, so no .pytest_cache either) pytest warns that the option is
+# unknown, and a project with `filterwarnings = error` would fail on that warning.
+UNKNOWN_INI_OK = "ignore:Unknown config option:pytest.PytestConfigWarning"
 
 
 def cache_dir(root: Path, environ: Mapping[str, str]) -> Path:
@@ -64,7 +69,11 @@ def environment(root: Path, environ: Mapping[str, str], cache: Path) -> dict[str
     for var, sub in CACHE_VARS.items():
         env.setdefault(var, str(cache / sub))
     addopts = env.get("PYTEST_ADDOPTS", "")
+    extra = []
     if "cache_dir=" not in addopts:
-        env["PYTEST_ADDOPTS"] = " ".join(
-            filter(None, [addopts, "-o", shlex.quote(f"cache_dir={cache / 'pytest'}")]))
+        extra += ["-o", shlex.quote(f"cache_dir={cache / 'pytest'}")]
+    if UNKNOWN_INI_OK not in addopts:
+        extra += ["-W", shlex.quote(UNKNOWN_INI_OK)]
+    if extra:
+        env["PYTEST_ADDOPTS"] = " ".join(filter(None, [addopts, *extra]))
     return env

@@ -57,7 +57,8 @@ class Pytest(generic.Generic):
         extra = [f"--junitxml={inv.report_dir / REPORT_NAME}", "-o", "junit_family=xunit1",
                  "-o", "junit_logging=no", "--continue-on-collection-errors", "-p", PLUGIN]
         # testmon needs pytest's cache plugin (it fails on `-p no:cacheprovider`)
-        if has_testmon(inv.root) and not {"--no-testmon", "no:cacheprovider"} & set(inv.argv):
+        off = "--no-testmon" in inv.argv or any("no:cacheprovider" in a for a in inv.argv)
+        if has_testmon(inv.root) and not off:
             datafile = Path(inv.env["TESTMON_DATAFILE"])
             datafile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             extra.append("--testmon-noselect" if inv.whole else "--testmon")
@@ -89,9 +90,9 @@ class Pytest(generic.Generic):
                 outcome = "pass"  # nothing the change can affect
             else:
                 reason = "pytest collected no tests"
-        elif done.exit_code not in (0, 1, 2) and not found:
+        elif done.exit_code not in (0, 1) and not found:  # interrupted, internal error
             reason = generic.failure_reason(done) or f"pytest exited {done.exit_code}"
-            outcome = "error"
+            outcome = None if done.exit_code == 2 else "error"
         return Report(findings=found[:findings.MAX_FINDINGS], counts=counts,
                       reason=reason or None, outcome=outcome)
 

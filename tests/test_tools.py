@@ -408,3 +408,14 @@ def test_cache_options_never_break_a_strict_project(proj: Path, command: str) ->
     # (a generic command gets the variables but not the plugin: pytest-benchmark's
     # .benchmarks/ may appear there, see docs/checks.md)
     assert [p for p in tool_state_in(proj) if not p.endswith(".benchmarks")] == []
+
+
+@pytest.mark.parametrize("options", [
+    '"--output-format=json"', '"--output-format", "concise"', '"-o", "out.txt"',
+    '"--output-file=out.txt", "--output-format=github"'])
+def test_ruff_report_goes_where_the_adapter_reads_it(proj: Path, options: str) -> None:
+    (proj / "a.py").write_text("import os\n")
+    run, found = run_check(proj, check(f'command = ["ruff", "check", {options}, "{{files}}"]\n'
+                                       'patterns = ["*.py"]\n'))
+    assert [(f.file, f.code) for f in found] == [("a.py", "F401")], run.output
+    assert not (proj / "out.txt").exists()

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
-from devloop import reaper
+from devloop import reaper, statedir
 from devloop.config import Config
 from devloop.core import daemon_health
-from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.errors import (
+    EX_CANTCREAT,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_TEMPFAIL,
+    DevloopError,
+)
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -40,6 +48,7 @@ DB_RETRY_S = 1.0
 MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
+RETAKE_DELAY_S = 2.0  # a deleted .devloop is recreated this long after it is noticed
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
           "error": logging.ERROR, "timeout": logging.ERROR}
 
@@ -80,6 +89,7 @@ class Daemon:
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
         self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._retake_handle: asyncio.TimerHandle | None = None
         self._walker: asyncio.Task[None] | None = None
         self._rescan_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
@@ -137,7 +147,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         loop = asyncio.get_running_loop()
-        for handle in (self._status_handle, self._heartbeat_handle):
+        for handle in (self._status_handle, self._heartbeat_handle, self._retake_handle):
             if handle is not None:
                 handle.cancel()
         for task in (self._walker, self._reload_task):
@@ -302,6 +312,8 @@ class Daemon:
     def _heartbeat(self) -> None:
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
+        if self._state_lost():
+            return
         if self.watcher.unwatched:
             self.watcher.retry_unwatched()
             self._start_walker()
@@ -333,6 +345,48 @@ class Daemon:
             metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
+
+    # -- the project or .devloop deleted --------------------------------------------
+    def _state_lost(self) -> bool:
+        """True once the project is gone (exit 66). A deleted `.devloop` is taken back a
+        moment later, so a `rm -rf` of the whole project still in progress is not
+        refilled (its rmdir would fail); the lock is retaken or this daemon exits 75."""
+        if statedir.project_gone(self.root):
+            log.error("the project directory %s was deleted or replaced: exiting", self.root)
+            self.stop(EX_NOINPUT)
+            return True
+        if statedir.lock_lost(self.state_dir) and self._retake_handle is None:
+            log.warning("%s was deleted or replaced: recreating it", self.state_dir)
+            self._retake_handle = asyncio.get_running_loop().call_later(
+                RETAKE_DELAY_S, self._retake_state)
+        return False
+
+    def _retake_state(self) -> None:
+        self._retake_handle = None
+        if statedir.project_gone(self.root):
+            self._state_lost()
+            return
+        try:
+            statedir.retake(self.root)
+            self.store.close()
+            self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+        except DevloopError as exc:
+            if isinstance(exc, statedir.UnsafeStateError) or exc.code == EX_TEMPFAIL:
+                log.error("%s: exiting", exc.message)  # refused, or another daemon took it
+                self.stop(exc.code)
+            else:
+                # e.g. the unit's sandbox, where the project is read-only: a restart by the
+                # service manager recreates .devloop (ExecStartPre=) writable again
+                log.error("%s: exiting so that a new daemon starts afresh", exc.message)
+                self.stop(EX_IOERR)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot recreate the results database in %s: %s: exiting",
+                      self.state_dir, exc)
+            self.stop(EX_CANTCREAT)
+            return
+        log.info("recreated %s with a new lock and results database", self.state_dir)
+        self._heartbeat()
 
     def _save(self, run: Run, findings: list[Finding]) -> None:
         """Runs are saved in order; those the database refuses wait in memory for a retry."""
@@ -374,7 +428,7 @@ class Daemon:
                     self.store.close()
                     try:
                         self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-                    except (sqlite3.Error, OSError) as exc2:
+                    except (sqlite3.Error, OSError, DevloopError) as exc2:
                         problem = f"cannot reopen the results database: {exc2}"
                     else:
                         continue

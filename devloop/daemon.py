@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
-from devloop import reaper, results
+from devloop import reaper, results, statedir
 from devloop.config import Config
 from devloop.core import daemon_health
-from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.errors import (
+    EX_CANTCREAT,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_TEMPFAIL,
+    DevloopError,
+)
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -42,6 +50,7 @@ DB_RETRY_S = 1.0
 MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
+RETAKE_DELAY_S = 2.0  # a deleted .devloop is recreated this long after it is noticed
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
           "error": logging.ERROR, "timeout": logging.ERROR}
 
@@ -93,12 +102,7 @@ class Daemon:
         self._sync_asked: float | None = None  # a waiter's poke, answered once walks end
         # the FIFO `status --wait` writes to: made now, so a poke during the initial walk
         # waits in it (see devloop.results)
-        try:
-            self._sync: int | None = results.open_sync_fifo(state_dir)
-        except OSError as exc:
-            log.error("cannot make %s: status --wait cannot ask for the latest changes: %s",
-                      state_dir / results.SYNC_NAME, exc.strerror)
-            self._sync = None
+        self._sync = self._open_sync()
         self._heartbeat_at = float("-inf")
         self._heartbeat_soon_handle: asyncio.TimerHandle | None = None
         self.config_problem: str | None = None
@@ -108,6 +112,7 @@ class Daemon:
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
         self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._retake_handle: asyncio.TimerHandle | None = None
         self._walker: asyncio.Task[None] | None = None
         self._rescan_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
@@ -172,7 +177,7 @@ class Daemon:
         log.info("stopping")
         loop = asyncio.get_running_loop()
         for handle in (self._status_handle, self._heartbeat_handle, self._publish_handle,
-                       self._heartbeat_soon_handle):
+                       self._heartbeat_soon_handle, self._retake_handle):
             if handle is not None:
                 handle.cancel()
         if self._sync is not None:
@@ -359,6 +364,8 @@ class Daemon:
     def _heartbeat(self) -> None:
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
+        if self._state_lost():
+            return
         if self.watcher.unwatched:
             self.watcher.retry_unwatched()
             self._start_walker()
@@ -389,6 +396,55 @@ class Daemon:
             metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
+
+    # -- the project or .devloop deleted --------------------------------------------
+    def _state_lost(self) -> bool:
+        """True once the project is gone (exit 66). A deleted `.devloop` is taken back a
+        moment later, so a `rm -rf` of the whole project still in progress is not
+        refilled (its rmdir would fail); the lock is retaken or this daemon exits 75."""
+        if statedir.project_gone(self.root):
+            log.error("the project directory %s was deleted or replaced: exiting", self.root)
+            self.stop(EX_NOINPUT)
+            return True
+        if statedir.lock_lost(self.state_dir) and self._retake_handle is None:
+            log.warning("%s was deleted or replaced: recreating it", self.state_dir)
+            self._retake_handle = asyncio.get_running_loop().call_later(
+                RETAKE_DELAY_S, self._retake_state)
+        return False
+
+    def _retake_state(self) -> None:
+        self._retake_handle = None
+        if statedir.project_gone(self.root):
+            self._state_lost()
+            return
+        try:
+            statedir.retake(self.root)
+            self.store.close()
+            self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+        except DevloopError as exc:
+            if isinstance(exc, statedir.UnsafeStateError) or exc.code == EX_TEMPFAIL:
+                log.error("%s: exiting", exc.message)  # refused, or another daemon took it
+                self.stop(exc.code)
+            else:
+                # e.g. the unit's sandbox, where the project is read-only: a restart by the
+                # service manager recreates .devloop (ExecStartPre=) writable again
+                log.error("%s: exiting so that a new daemon starts afresh", exc.message)
+                self.stop(EX_IOERR)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot recreate the results database in %s: %s: exiting",
+                      self.state_dir, exc)
+            self.stop(EX_CANTCREAT)
+            return
+        loop = asyncio.get_running_loop()
+        if self._sync is not None:
+            loop.remove_reader(self._sync)
+            os.close(self._sync)
+        self._sync = self._open_sync()
+        if self._sync is not None:
+            loop.add_reader(self._sync, self._on_sync)
+        log.info("recreated %s with a new lock and results database", self.state_dir)
+        self._heartbeat()
 
     def _check_record(self, name: str) -> dict[str, Any]:
         """A check in the heartbeat: counters and streaks from the database, so they hold
@@ -433,6 +489,14 @@ class Daemon:
         synced = self._synced_at
         self._db(lambda store: store.publish(live, pid=os.getpid(), started=self.started_at,
                                              synced_at=synced))
+
+    def _open_sync(self) -> int | None:
+        try:
+            return results.open_sync_fifo(self.state_dir)
+        except OSError as exc:
+            log.error("cannot make %s: status --wait cannot ask for the latest changes: %s",
+                      self.state_dir / results.SYNC_NAME, exc.strerror)
+            return None
 
     def _on_sync(self) -> None:
         """A waiter wrote to `.devloop/sync`: read every change queued before, then say so."""
@@ -502,7 +566,7 @@ class Daemon:
                     self.store.close()
                     try:
                         self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-                    except (sqlite3.Error, OSError) as exc2:
+                    except (sqlite3.Error, OSError, DevloopError) as exc2:
                         problem = f"cannot reopen the results database: {exc2}"
                     else:
                         continue

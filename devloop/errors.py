@@ -11,6 +11,7 @@ EX_UNAVAILABLE = 69  # status --wait: no daemon watches the project
 EX_SOFTWARE = 70  # the detached daemon died before it was ready
 EX_OSERR = 71  # inotify watch limit reached at start-up
 EX_CANTCREAT = 73  # .devloop/ cannot be created or written
+EX_IOERR = 74  # .devloop/ was deleted and cannot be recreated from inside the sandbox
 EX_TEMPFAIL = 75  # another daemon already watches the project
 EX_CONFIG = 78
 

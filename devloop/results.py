@@ -27,6 +27,7 @@ import os
 import re
 import select
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, fields
@@ -48,13 +49,17 @@ _ERROR_LINE = re.compile(r"(^|:\s*)(error|fatal)\b[:\s]|^E\s|^([\w.]*(Error|Exce
 
 
 def daemon_pid(root: Path) -> int | None:
-    """The PID of the daemon watching `root` (the holder of its lock), or None."""
-    state_dir = root / STATE_DIR
+    """The PID of the daemon watching `root` (a holder of its lock), or None."""
     try:
-        return lockholder.find(state_dir)
-    except DevloopError:  # the lock file names another PID: the kernel's holder counts
-        holders = lockholder.flock_holders(state_dir / statedir.LOCK_NAME)
-        return min(holders) if holders else None
+        state_dir = statedir.existing(root)
+        lock = lockholder.lock_identity(state_dir) if state_dir is not None else None
+        holders = lockholder.flock_holders(lock) if lock is not None else set()
+    except (OSError, DevloopError):  # another user's .devloop/: reading the results says why
+        return None
+    if state_dir is None or not holders:
+        return None
+    pid = statedir.holder_pid(state_dir)
+    return pid if pid in holders else min(holders)  # the file may name an earlier taker
 
 
 def reason(st: CheckState) -> str | None:
@@ -81,9 +86,14 @@ def result_entry(st: CheckState) -> dict[str, Any]:
 
 def _open(root: Path) -> Store:
     db = root / STATE_DIR / DB_NAME
-    if not db.exists():
+    try:
+        os.stat(db)
+    except FileNotFoundError:
         raise DevloopError(f"no results yet in {db}: start the daemon "
-                           f"(devloop watch {root}) or run 'devloop run {root}'", EX_NOINPUT)
+                           f"(devloop watch {root}) or run 'devloop run {root}'",
+                           EX_NOINPUT) from None
+    except OSError as exc:  # another user's private .devloop/
+        raise DevloopError(f"cannot read {db}: {exc.strerror}", EX_NOINPUT) from None
     try:
         return Store.open(root / STATE_DIR, readonly=True)
     except sqlite3.Error as exc:
@@ -133,8 +143,8 @@ def snapshot(root: Path, checks: Iterable[str] | None = None) -> dict[str, Any]:
             "findings": [], "reason": None, "failing": False, "leftover": 0}
         entry["state"] = None if ls is None else ls.state
         entry["state_seconds"] = None if ls is None else round(max(now - ls.since, 0.0), 3)
-        entry["stale"] = None if ls is None else bool(
-            st is None or (ls.changed_at is not None and ls.changed_at > st.run.started))
+        entry["stale"] = None if ls is None else bool(  # no result: nothing to be stale
+            st is not None and ls.changed_at is not None and ls.changed_at > st.run.started)
         entry["failing_since"] = failing_since.get(name) if st is not None else None
         entries.append(entry)
     running = pid is not None
@@ -183,6 +193,8 @@ def _poke(state_dir: Path) -> bool:
     except OSError:  # ENXIO: nobody reads it; EACCES: not ours; ELOOP: not a FIFO
         return False
     try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
         with contextlib.suppress(BlockingIOError):  # full: a poke is already waiting
             os.write(fd, b"\n")
     finally:

@@ -20,12 +20,15 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from devloop import statedir
 from devloop.findings import Finding
 
 log = logging.getLogger(__name__)
@@ -138,7 +141,8 @@ class DaemonRow:
 
 
 def _private_file(path: Path) -> None:
-    """Create the file 0600 before SQLite does; a planted symlink is moved aside, not followed.
+    """Create the file 0600 before SQLite does; a planted symlink is moved aside, not followed,
+    and a file that is not ours (statedir's rules) is refused.
 
     SQLite gives the -wal and -shm files the database file's permissions.
     """
@@ -147,8 +151,34 @@ def _private_file(path: Path) -> None:
             aside = p.with_name(f"{p.name}.symlink-{int(time.time())}")
             log.warning("%s is a symlink: moved aside to %s, not followed", p, aside.name)
             os.replace(p, aside)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    for p in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.close(statedir.open_private(p, os.O_RDONLY))
+    os.close(statedir.open_private(path, os.O_CREAT | os.O_RDWR))
+
+
+def _readonly_uri(path: Path) -> str:
+    """A `file:` URI that reads `path` and can create nothing, not even through a symlink.
+
+    The path is quoted, so a `#` or `?` in it cannot cut the parameters off. SQLite
+    would create -wal and -shm files even for mode=ro: without them (no writer has the
+    database open) the file is read as immutable, which creates nothing.
+    """
+    if os.path.islink(path.parent):
+        raise sqlite3.OperationalError(f"{path.parent} is a symlink: refusing to follow it")
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            if p == path:
+                raise sqlite3.OperationalError(f"{path} does not exist") from None
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise sqlite3.OperationalError(f"{p} is not a regular file (a symlink?): "
+                                           "refusing to open it")
+    live = os.path.lexists(f"{path}-wal") and os.path.lexists(f"{path}-shm")
+    params = "mode=ro" if live else "mode=ro&immutable=1"
+    return f"file:{urllib.parse.quote(os.fspath(path))}?{params}"
 
 
 class Store:
@@ -162,7 +192,7 @@ class Store:
         loop must not wait long: it keeps the run and retries later instead)."""
         path = state_dir / DB_NAME
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout)
+            conn = sqlite3.connect(_readonly_uri(path), uri=True, timeout=busy_timeout)
             return cls(conn)
         _private_file(path)
         try:

@@ -4,10 +4,13 @@ restarts, deleted files, readable output. Real daemons, real checks, real files.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +96,7 @@ def test_wait_sees_a_save_the_daemon_has_not_read_yet(project: Path, tmp_path: P
     (project / "good.py").write_text("x = 1\n")
     d = start_daemon(project)
     assert devloop("run", str(project)).returncode == 0
-    os_kill = __import__("os").kill
+    os_kill = os.kill
     os_kill(d.pid, signal.SIGSTOP)
     try:
         (project / "bad.py").write_text("BAD = 1\n")
@@ -374,3 +377,41 @@ def test_check_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
     out = text(tmp_path).stdout
     assert "\x1b" not in out and "\r" not in out and "\x07" not in out
     assert "a.py:1: error: \\x1b[2J" in out
+
+
+OTHER_USER = "devloop-results-other"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to add a user")
+def test_another_users_private_results_are_one_clear_line(tmp_path: Path) -> None:
+    """The stdlib Python of the system runs the CLI as that user (this venv's Python may
+    sit in root's home); it shares the venv's packages."""
+    python = Path("/usr/bin/python3")
+    if not python.exists() or subprocess.run(
+            [str(python), "-c", "import sys; assert sys.version_info[:2] == (3, 11)"]
+    ).returncode:
+        pytest.skip("no system Python 3.11 to run the CLI as another user")
+    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode:
+        subprocess.run(["useradd", "--no-create-home", OTHER_USER], check=True)
+    project = Path(tempfile.mkdtemp(prefix="devloop-other-", dir="/tmp"))
+    try:
+        project.chmod(0o755)
+        (project / "devloop.toml").write_text(check("ok", command=["true"], patterns=["*"]))
+        assert devloop("run", str(project)).returncode == 0
+        site = next(Path(sys.prefix).glob("lib/python3.11/site-packages"))
+        path = f"{Path(__file__).resolve().parents[1]}:{site}"
+        probe = subprocess.run(["su", OTHER_USER, "-s", "/bin/sh", "-c",
+                                f'PYTHONPATH="$1" {python} -c "import devloop.cli"', "sh", path],
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode:
+            pytest.skip(f"{OTHER_USER} cannot import this checkout: {probe.stderr[-200:]}")
+        for extra in ([], ["--wait"]):
+            r = subprocess.run(
+                ["su", OTHER_USER, "-s", "/bin/sh", "-c",
+                 f'PYTHONPATH="$1" {python} -m devloop status "$2" {" ".join(extra)}',
+                 "sh", path, str(project)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 66, r
+            assert r.stderr.strip() == (f"devloop: error: cannot read {project}/.devloop/"
+                                        "devloop.db: Permission denied"), r
+    finally:
+        shutil.rmtree(project)

@@ -9,7 +9,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/proj"
 for i in $(seq 1 50); do echo "x = $i" > "$work/proj/m$i.py"; done
-printf '[checks.python-syntax]\ncommand = ["%s", "-m", "devloop.pysyntax", "{files}"]\npatterns = ["*.py"]\n' \
+printf '[checks.python-syntax]\ncommand = ["%s", "-m", "devloop.tools.pysyntax", "{files}"]\npatterns = ["*.py"]\n' \
     "$python" > "$work/proj/devloop.toml"
 for rev in "$1" "$2"; do
     mkdir -p "$work/$rev"

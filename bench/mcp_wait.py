@@ -47,7 +47,7 @@ def make_project(root: Path) -> None:
         'patterns = ["*.py"]\n'
         "debounce_ms = 0\n\n"
         "[checks.python-syntax]\n"
-        f"command = {json.dumps([sys.executable, '-m', 'devloop.pysyntax', '{files}'])}\n"
+        f"command = {json.dumps([sys.executable, '-m', 'devloop.tools.pysyntax', '{files}'])}\n"
         'patterns = ["*.py"]\n'
         "debounce_ms = 0\n")
 

@@ -79,7 +79,7 @@ def syntax_check(root: Path) -> None:
     """The one check: Python syntax (the defaults would also pick up ruff, mypy, pytest)."""
     write_config(root, f"""
         [checks.python-syntax]
-        command = {json.dumps([sys.executable, "-m", "devloop.pysyntax", "{files}"])}
+        command = {json.dumps([sys.executable, "-m", "devloop.tools.pysyntax", "{files}"])}
         patterns = ["*.py"]
         debounce_ms = 0
         """)
@@ -368,7 +368,7 @@ def test_wait_until_fresh_times_out_saying_what_it_waits_for(
         assert late["fresh"] is False
         assert late["summary"].startswith("NOT fresh: timed out after 1s, still waiting for slow")
         assert late["checks"] == [{"check": "slow", "state": "running", "outcome": None,
-                                   "stale": True, "findings_total": 0, "findings": []}]
+                                   "stale": False, "findings_total": 0, "findings": []}]
         assert "unknown check 'nope'" in await call_error(
             s, "wait_until_fresh", timeout_s=1, checks=["nope"])
     drive(project, body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 import pathspec
 
+from devloop import tools
 from devloop.errors import EX_CONFIG, DevloopError
 from devloop.ignore import compile_spec, matchable
 
@@ -36,6 +36,7 @@ class Check:
     timeout_s: float = 300.0
     run_on_start: bool = True
     on_busy: OnBusy = "queue"
+    tool: str | None = None  # the adapter (devloop/tools/) by name; None: from the command
     spec: pathspec.GitIgnoreSpec = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,22 +98,35 @@ def _check(where: str, name: str, table: object) -> Check:
     key = f"checks.{name}"
     if not isinstance(table, dict):
         raise _fail(where, key, "must be a table")
-    known = {"command", "patterns", "shell", "debounce_ms", "timeout_s", "run_on_start", "on_busy"}
+    known = {"command", "patterns", "shell", "debounce_ms", "timeout_s", "run_on_start", "on_busy",
+             "tool"}
     for k in table:
         if k not in known:
             raise _fail(where, f"{key}.{k}", "unknown key")
     for required in ("command", "patterns"):
         if required not in table:
             raise _fail(where, f"{key}.{required}", "missing")
-    command = _str_list(where, f"{key}.command", table["command"])
-    if not command or not command[0]:
+    shell = _bool(where, f"{key}.shell", table.get("shell", False))
+    if shell:  # one string, as a shell script is written; a list of one string also works
+        raw = table["command"]
+        if isinstance(raw, list) and len(raw) == 1:
+            raw = raw[0]
+        if not isinstance(raw, str):
+            raise _fail(where, f"{key}.command", "with shell = true, must be one string")
+        command: tuple[str, ...] = (raw,)
+    else:
+        command = _str_list(where, f"{key}.command", table["command"])
+    if not command or not command[0].strip():
         raise _fail(where, f"{key}.command", "must not be empty")
     patterns = _str_list(where, f"{key}.patterns", table["patterns"], globs=True)
     if not patterns:
         raise _fail(where, f"{key}.patterns", "must not be empty")
-    shell = _bool(where, f"{key}.shell", table.get("shell", False))
-    if shell and len(command) != 1:
-        raise _fail(where, f"{key}.command", "with shell = true, must be one string")
+    tool = table.get("tool")
+    if tool is not None and tool not in tools.NAMES:
+        raise _fail(where, f"{key}.tool", f"must be one of {', '.join(tools.NAMES)}")
+    if shell and tool not in (None, "generic"):
+        raise _fail(where, f"{key}.tool", "a shell command can only be generic (an adapter "
+                    "changes the argv, and a shell string has none)")
     if shell and FILES_PLACEHOLDER in command[0]:
         raise _fail(
             where,
@@ -136,6 +150,7 @@ def _check(where: str, name: str, table: object) -> Check:
                           maximum=86_400),
         run_on_start=_bool(where, f"{key}.run_on_start", table.get("run_on_start", True)),
         on_busy=on_busy,
+        tool=tool,
     )
 
 
@@ -231,7 +246,7 @@ def default_checks(root: Path) -> tuple[Check, ...]:
     checks = [
         Check(
             name="python-syntax",
-            command=(sys.executable, "-m", "devloop.pysyntax", FILES_PLACEHOLDER),
+            command=("python", "-m", "devloop.tools.pysyntax", FILES_PLACEHOLDER),
             patterns=("*.py",),
             debounce_ms=50,
             timeout_s=60,

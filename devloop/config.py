@@ -224,12 +224,10 @@ _OPTIONAL_TOOLS: dict[str, _Factory] = {
         command=(exe, "check", "--output-format=json", "--no-cache", FILES_PLACEHOLDER),
         patterns=("*.py", "*.pyi", "pyproject.toml", "ruff.toml", ".ruff.toml"),
     ),
-    "mypy": lambda exe: Check(
+    "mypy": lambda exe: Check(  # what to check and how: devloop/tools/mypy.py
         name="mypy",
-        command=(exe, "--show-column-numbers", "--no-error-summary", "--no-incremental",
-                 FILES_PLACEHOLDER),
-        patterns=("*.py", "*.pyi"),
-        debounce_ms=300,
+        command=(exe,),
+        patterns=("*.py", "*.pyi", "mypy.ini", ".mypy.ini", "pyproject.toml", "setup.cfg"),
     ),
     "pytest": lambda exe: Check(  # only where the project has tests: see default_checks
         name="pytest",

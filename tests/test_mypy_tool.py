@@ -157,8 +157,8 @@ def test_real_layouts_have_no_duplicate_modules(tmp_path: Path, mypy_venv: Path)
         "more_itertools/bad.py": 'y: int = "no"\n',
     }, toml=toml)
     every = [str(p.relative_to(root)) for p in root.rglob("*.py*") if ".venv" not in p.parts]
-    plain = subprocess.run([str(mypy_venv / "bin/mypy"), *every], cwd=root,
-                           capture_output=True, text=True, timeout=300)
+    plain = subprocess.run([str(mypy_venv / "bin/mypy"), "--cache-dir=/dev/null", *every],
+                           cwd=root, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "Duplicate module named" in plain.stdout + plain.stderr
     r = devloop("run", str(root))
     assert r.returncode == 1, r.stdout + r.stderr

@@ -493,6 +493,7 @@ class Mypy(Adapter):
     name = "mypy"
     executables: ClassVar[tuple[str, ...]] = ("mypy", "dmypy")
     modules: ClassVar[tuple[str, ...]] = ("mypy",)
+    whole_program = True
 
     async def prepare(self, inv: Invocation) -> None:
         cmd = Command.parse(inv)

@@ -240,3 +240,32 @@ def test_server_dies_with_a_killed_daemon(
     assert pid is not None
     d.stop(signal.SIGKILL)
     wait_for(lambda: not alive(pid), 10, "the server to die with its daemon")
+
+
+def test_rewrite_within_the_same_second_is_seen(
+        tmp_path: Path, mypy_venv: Path, start_daemon: Callable[..., DaemonProc]) -> None:
+    """dmypy compares whole-second mtimes and sizes: a same-size rewrite within the second
+    of the version it read looks unchanged to it. The daemon sees it and restarts it."""
+    root = make_project(tmp_path / "p", mypy_venv, {
+        "pyproject.toml": '[tool.mypy]\nfiles = ["pkg"]\n',
+        "pkg/__init__.py": "", "pkg/b.py": B})
+    second = int(time.time()) - 100
+
+    def put(text: str, at: float) -> float:
+        tmp = root / "pkg/.a.tmp"
+        tmp.write_text(text)
+        os.utime(tmp, (at, at))
+        before = time.time()
+        os.replace(tmp, root / "pkg/a.py")  # content and mtime arrive together
+        return before
+
+    put(A_INT, second + 0.1)
+    start_daemon(root)
+    assert fresh_result(root, 0)["outcome"] == "pass"
+    first = server_pid(root)
+    same_size = A_INT.replace("int", "str")
+    assert len(same_size) == len(A_INT)
+    st = fresh_result(root, put(same_size, second + 0.5))
+    assert st["outcome"] == "fail", st
+    assert sorted(f["file"] for f in st["findings"]) == ["pkg/a.py", "pkg/b.py"]
+    assert server_pid(root) != first

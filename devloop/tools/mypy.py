@@ -343,6 +343,30 @@ class Server:
         self.proc: asyncio.subprocess.Process | None = None
         self.fingerprint: str | None = None
         self.failed: str | None = None  # why it could not start with this fingerprint
+        self.seen: dict[str, tuple[int, int, bytes]] = {}  # see same_second_edits()
+
+    def same_second_edits(self, root: Path, files: Sequence[str]) -> list[str]:
+        """Changed files this server would take for unchanged, and note what it will see.
+
+        dmypy compares whole-second mtimes and sizes: a file rewritten within the second
+        of the version it last read, at the same size, looks unchanged to it (and stays
+        wrong for ever). Such a file changed (inotify says so) with the same second and
+        size as at the previous run, but other content."""
+        missed = []
+        for f in files:
+            try:
+                path = root / f
+                st = path.stat()
+                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+            except OSError:
+                self.seen.pop(f, None)
+                continue
+            now = (int(st.st_mtime), st.st_size, digest)
+            before = self.seen.get(f)
+            if before is not None and before[:2] == now[:2] and before[2] != digest:
+                missed.append(f)
+            self.seen[f] = now
+        return missed
 
     @property
     def alive(self) -> bool:
@@ -508,6 +532,11 @@ class Mypy(Adapter):
         if servers.enabled and cmd.dmypy is not None and os.path.basename(cmd.mypy[0]) != "dmypy":
             server_flags = [f for f in flags if f not in ("--no-incremental", "--incremental")]
             server = servers.get(inv.root, inv.cache_dir, cmd, server_flags)
+            missed = server.same_second_edits(inv.root, inv.files)
+            if missed and server.alive:
+                log.info("%s changed within the second dmypy last read it, at the same size: "
+                         "restarting the dmypy server so it reads it again", missed[0])
+                await server.stop(servers.ledger)
             if await server.ensure(inv.env, servers.ledger):
                 inv.argv = [*cmd.dmypy, "--status-file", str(server.status_file), "run", "--",
                             *server_flags, *targets]

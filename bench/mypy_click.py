@@ -7,7 +7,7 @@ gives it a `.venv` with mypy (kept in DIR between runs). Then:
 - DevLoop: `devloop watch --foreground` with one check, `command = [".venv/bin/mypy"]`
   (click's setup.cfg [mypy] names `files = src/click, tests/typing`), default debounce.
   After the first (cold) result and WARMUP edits, each edit flips the return type of
-  `make_default_short_help` in src/click/utils.py between `str` and `int`, which breaks
+  `make_default_short_help` in src/click/utils.py between `str` and `bytes`, which breaks
   src/click/core.py as well; the time from the write to the moment the results database
   holds a mypy run started after it (polled every 5 ms) is one "save -> fresh" sample.
 - plain mypy: the same edits, each followed by `.venv/bin/mypy` (incremental, its cache
@@ -34,7 +34,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 UTILS = "src/click/utils.py"
 GOOD = "def make_default_short_help(help: str, max_length: int = 45) -> str:"
-BAD = "def make_default_short_help(help: str, max_length: int = 45) -> int:"
+# bytes, not int: another size, so plain mypy's cache (whole-second mtimes) sees the change
+BAD = "def make_default_short_help(help: str, max_length: int = 45) -> bytes:"
 TOML = """\
 [checks.mypy]
 command = [".venv/bin/mypy"]
@@ -96,12 +97,13 @@ def bench_devloop(root: Path, edits: int, warmup: int) -> dict[str, object]:
     db = root / ".devloop/devloop.db"
     python = REPO / ".venv/bin/python"
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    log = open(root.parent / "devloop.log", "wb")  # noqa: SIM115
     daemon = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",
                                "devloop", "watch", "--foreground", str(root)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=log)
     try:
         t0 = time.time()
-        wait_fresh(db, 0)
+        wait_fresh(db, t0)
         cold = time.time() - t0
         samples: list[float] = []
         broken_files: set[str] = set()
@@ -112,9 +114,12 @@ def bench_devloop(root: Path, edits: int, warmup: int) -> dict[str, object]:
             set_version(root, bad)
             _, outcome, found = wait_fresh(db, t)
             took = time.time() - t
-            if bad:
+            core = {ln for f, ln in found if f == "src/click/core.py"}
+            if bad:  # the result is that of this version: core.py broken too, else not
                 broken_files = {f for f, _ in found if f != UTILS}
-                assert outcome == "fail" and any(f == "src/click/core.py" for f in broken_files)
+                assert outcome == "fail" and 1335 in core, found
+            else:
+                assert 1335 not in core, found
             if i >= warmup:
                 samples.append(took)
         rss = server_rss(root)

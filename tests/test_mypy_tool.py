@@ -269,3 +269,18 @@ def test_rewrite_within_the_same_second_is_seen(
     assert st["outcome"] == "fail", st
     assert sorted(f["file"] for f in st["findings"]) == ["pkg/a.py", "pkg/b.py"]
     assert server_pid(root) != first
+
+
+def test_checks_keep_their_bytecode_in_the_cache(tmp_path: Path) -> None:
+    """With PYTHONPYCACHEPREFIX in the cache, PYTHONDONTWRITEBYTECODE=1 (set by the unit for
+    the daemon) would make every Python check compile its imports from source each run."""
+    from devloop.tools import env as tool_env
+
+    env = tool_env.environment(tmp_path, {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin"},
+                               tmp_path / "cache")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    r = subprocess.run([sys.executable, "-c", "import sys; print(sys.dont_write_bytecode)"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False"
+    subprocess.run([sys.executable, "-c", "import json"], env=env, check=True, timeout=60)
+    assert list((tmp_path / "cache/pycache").rglob("*.pyc"))

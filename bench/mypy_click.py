@@ -9,7 +9,7 @@ gives it a `.venv` with mypy (kept in DIR between runs). Then:
   After the first (cold) result and WARMUP edits, each edit flips the return type of
   `make_default_short_help` in src/click/utils.py between `str` and `bytes`, which breaks
   src/click/core.py as well; the time from the write to the moment the results database
-  holds a mypy run started after it (polled every 5 ms) is one "save -> fresh" sample.
+  holds a mypy run started after it (polled every 10 ms) is one "save -> fresh" sample.
 - plain mypy: the same edits, each followed by `.venv/bin/mypy` (incremental, its cache
   warm) and by `.venv/bin/mypy --no-incremental`, timed from the write to its exit.
 Prints the medians and writes them to bench/RESULTS-mypy.md.
@@ -63,38 +63,45 @@ def set_version(root: Path, bad: bool) -> None:
     path.write_text(text.replace(GOOD, BAD) if bad else text.replace(BAD, GOOD))
 
 
-def latest_mypy(db: Path) -> tuple[float, str, list[tuple[str, int]]] | None:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-    except sqlite3.Error:
-        return None
-    try:
-        row = conn.execute("SELECT id, started, outcome FROM runs WHERE check_name = 'mypy'"
-                           " ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
+class Results:
+    """The daemon's results database, read-only, one connection for the whole bench."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection | None = None
+
+    def latest(self) -> tuple[float, str, list[tuple[str, int]]] | None:
+        try:
+            if self.conn is None:
+                if not self.db.exists():
+                    return None
+                self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1)
+            with self.conn:  # one read transaction: the run and its findings agree
+                row = self.conn.execute(
+                    "SELECT id, started, outcome FROM runs WHERE check_name = 'mypy'"
+                    " ORDER BY id DESC LIMIT 1").fetchone()
+                if row is None:
+                    return None
+                found = self.conn.execute(
+                    "SELECT file, line FROM findings WHERE check_name = 'mypy'"
+                    " ORDER BY file, line").fetchall()
+        except sqlite3.Error:
             return None
-        found = conn.execute("SELECT file, line FROM findings WHERE check_name = 'mypy'"
-                             " ORDER BY file, line").fetchall()
         return row[1], row[2], [(f, ln) for f, ln in found]
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
 
-
-def wait_fresh(db: Path, after: float, timeout: float = 120.0
-               ) -> tuple[float, str, list[tuple[str, int]]]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = latest_mypy(db)
-        if got is not None and got[0] > after:
-            return got
-        time.sleep(0.005)
-    raise SystemExit("no fresh mypy result within the timeout")
+    def wait_fresh(self, after: float, timeout: float = 120.0
+                   ) -> tuple[float, str, list[tuple[str, int]]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.latest()
+            if got is not None and got[0] > after:
+                return got
+            time.sleep(0.01)
+        raise SystemExit("no fresh mypy result within the timeout")
 
 
 def bench_devloop(root: Path, edits: int, warmup: int) -> dict[str, object]:
-    db = root / ".devloop/devloop.db"
+    results = Results(root / ".devloop/devloop.db")
     python = REPO / ".venv/bin/python"
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     log = open(root.parent / "devloop.log", "wb")  # noqa: SIM115
@@ -103,7 +110,7 @@ def bench_devloop(root: Path, edits: int, warmup: int) -> dict[str, object]:
                               stdout=subprocess.DEVNULL, stderr=log)
     try:
         t0 = time.time()
-        wait_fresh(db, t0)
+        results.wait_fresh(t0)
         cold = time.time() - t0
         samples: list[float] = []
         broken_files: set[str] = set()
@@ -112,7 +119,7 @@ def bench_devloop(root: Path, edits: int, warmup: int) -> dict[str, object]:
             time.sleep(0.3)  # the previous run's tail is over
             t = time.time()
             set_version(root, bad)
-            _, outcome, found = wait_fresh(db, t)
+            _, outcome, found = results.wait_fresh(t)
             took = time.time() - t
             core = {ln for f, ln in found if f == "src/click/core.py"}
             if bad:  # the result is that of this version: core.py broken too, else not
@@ -175,7 +182,8 @@ def main() -> int:
         "",
         f"`python3 bench/mypy_click.py --edits {args.edits} --warmup {args.warmup}`, {when}, "
         f"DevLoop at {commit}, {mypy_version}, {platform.node()} "
-        f"({os.cpu_count()} CPUs). Each edit flips the return type of "
+        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end: other "
+        f"work shared the machine). Each edit flips the return type of "
         f"`make_default_short_help` in `{UTILS}`, which also breaks "
         f"{', '.join(f'`{f}`' for f in dl['other_files_broken'])}.",  # type: ignore[union-attr]
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ import pathspec
 from devloop import tools
 from devloop.errors import EX_CONFIG, DevloopError
 from devloop.ignore import compile_spec, matchable
+from devloop.tools import env as tool_env
 
 CONFIG_NAME = "devloop.toml"
 FILES_PLACEHOLDER = "{files}"
@@ -207,56 +208,67 @@ def load(root: Path) -> Config:
     return parse(data, str(path))
 
 
-def _find_tool(root: Path, name: str) -> str | None:
-    """A tool from the project's own venv first, then PATH."""
-    for venv in (".venv", "venv"):
-        candidate = root / venv / "bin" / name
-        if os.access(candidate, os.X_OK):
-            return f"{venv}/bin/{name}"
-    return name if shutil.which(name) else None
+def find_tool(root: Path, name: str) -> str | None:
+    """Where `name` would run from in a check: the project's venv first, then PATH."""
+    venv = tool_env.project_venv(root)
+    path = os.pathsep.join(filter(None, [str(venv / "bin") if venv else None,
+                                         os.environ.get("PATH", os.defpath)]))
+    return shutil.which(name, path=path)
 
 
-_Factory = Callable[[str], Check]
-
-_OPTIONAL_TOOLS: dict[str, _Factory] = {
-    "ruff": lambda exe: Check(
+# Each known tool by name only: checks run with the project's venv first on PATH, so
+# devloop.toml never holds a path that only exists on this machine.
+OPTIONAL_CHECKS: dict[str, Check] = {
+    "ruff": Check(
         name="ruff",
-        command=(exe, "check", "--output-format=json", "--no-cache", FILES_PLACEHOLDER),
+        command=("ruff", "check", FILES_PLACEHOLDER),
         patterns=("*.py", "*.pyi", "pyproject.toml", "ruff.toml", ".ruff.toml"),
     ),
-    "mypy": lambda exe: Check(  # what to check and how: devloop/tools/mypy.py
+    "mypy": Check(  # what to check and how: devloop/tools/mypy.py
         name="mypy",
-        command=(exe,),
+        command=("mypy",),
         patterns=("*.py", "*.pyi", "mypy.ini", ".mypy.ini", "pyproject.toml", "setup.cfg"),
     ),
-    "pytest": lambda exe: Check(  # only where the project has tests: see default_checks
+    "pytest": Check(  # only where the project has tests: see default_checks
         name="pytest",
-        command=(exe, "-q", "-p", "no:cacheprovider"),
+        command=("pytest", "-q"),
         patterns=("*.py",),
         debounce_ms=500,
         timeout_s=600,
     ),
 }
 
+SYNTAX_CHECK = Check(
+    name="python-syntax",
+    command=("python", "-m", "devloop.tools.pysyntax", FILES_PLACEHOLDER),
+    patterns=("*.py",),
+    debounce_ms=50,
+    timeout_s=60,
+)
 
-def default_checks(root: Path) -> tuple[Check, ...]:
-    """Checks that work with nothing installed, plus the usual tools that are."""
-    checks = [
-        Check(
-            name="python-syntax",
-            command=("python", "-m", "devloop.tools.pysyntax", FILES_PLACEHOLDER),
-            patterns=("*.py",),
-            debounce_ms=50,
-            timeout_s=60,
-        )
-    ]
-    has_tests = any((root / d).is_dir() for d in ("tests", "test")) or any(
-        (root / f).is_file() for f in ("pytest.ini", "conftest.py")
-    )
-    for tool, factory in _OPTIONAL_TOOLS.items():
-        if tool == "pytest" and not has_tests:
+
+def looks_tested(root: Path) -> bool:
+    """A cheap guess at whether pytest would find tests (no process: the daemon's loop
+    calls this when a project has no devloop.toml; `devloop init` asks pytest itself)."""
+    if any((root / f).is_file() for f in ("pytest.ini", "conftest.py")):
+        return True
+    try:
+        tops = [root, *(d for d in root.iterdir() if d.is_dir() and d.name[0] not in "._")]
+    except OSError:
+        tops = [root]
+    if any((top / "tests").is_dir() or (top / "test").is_dir() for top in tops):
+        return True
+    return any(root.glob("test_*.py"))
+
+
+def default_checks(root: Path, *, tested: bool | None = None) -> tuple[Check, ...]:
+    """Checks that work with nothing installed, plus the usual tools that are.
+
+    tested: whether pytest finds tests here; None: guess (see looks_tested)."""
+    checks = [SYNTAX_CHECK]
+    for tool, check in OPTIONAL_CHECKS.items():
+        if tool == "pytest" and not (looks_tested(root) if tested is None else tested):
             continue  # pytest exits 5 (a failure) when it collects nothing
-        exe = _find_tool(root, tool)
-        if exe is not None:
-            checks.append(factory(exe))
+        if find_tool(root, tool) is not None:
+            checks.append(check)
     return tuple(checks)

@@ -138,11 +138,23 @@ class CheckRun:
         started = time.time()
         t0 = time.monotonic()
         adapter = tools.adapter_for(self.check)
+        temporary: Path | None = None
         try:
             cache = tool_env.cache_dir(self.root, self.environ)
-        except OSError as exc:
-            msg = f"devloop: cannot create the tool cache directory: {exc}"
-            return self._result(started, t0, None, "error", msg, tools.Report()), []
+        except OSError as exc:  # read-only .devloop/, a planted symlink: the check still runs
+            _cache_problem(f"cannot use the tool cache directory ({exc}): this run uses a "
+                           "temporary one")
+            cache = temporary = Path(tempfile.mkdtemp(prefix="devloop-cache-"))
+        else:
+            _cache_problem(None)
+        try:
+            return await self._run_in(adapter, cache, started, t0)
+        finally:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+
+    async def _run_in(self, adapter: tools.Adapter, cache: Path, started: float, t0: float,
+                      ) -> tuple[Run, list[Finding]]:
         env = tool_env.environment(self.root, self.environ, cache)
         reports: list[tools.Report] = []
         texts: list[str] = []
@@ -153,8 +165,10 @@ class CheckRun:
             self.check, self.files, env)
         for batch in batches:
             remaining = self.check.timeout_s - (time.monotonic() - t0)
-            code, batch_outcome, text, report = await self._run_batch(
+            batch_code, batch_outcome, text, report = await self._run_batch(
                 adapter, batch, dict(env), cache, max(remaining, 0.001))
+            if code in (None, 0):  # the first batch that did not pass gives the exit code
+                code = batch_code
             texts.append(text)
             reports.append(report)
             if batch_outcome != "pass":
@@ -170,9 +184,12 @@ class CheckRun:
     async def _run_batch(self, adapter: tools.Adapter, files: Sequence[str],
                          env: dict[str, str], cache: Path, timeout: float,
                          ) -> tuple[int | None, Outcome, str, tools.Report]:
-        runs = cache / "runs"
-        runs.mkdir(mode=0o700, exist_ok=True)
-        report_dir = Path(tempfile.mkdtemp(prefix=f"{self.check.name[:40]}.", dir=runs))
+        try:
+            runs = cache / "runs"
+            runs.mkdir(mode=0o700, exist_ok=True)
+            report_dir = Path(tempfile.mkdtemp(prefix="run.", dir=runs))
+        except OSError:  # a cache that cannot take more (read-only, full): elsewhere
+            report_dir = Path(tempfile.mkdtemp(prefix="devloop-run-"))
         try:
             inv = tools.Invocation(argv=build_argv(self.check, files), env=env, root=self.root,
                                    files=tuple(files), whole=self.whole,
@@ -182,7 +199,8 @@ class CheckRun:
             except Exception as exc:  # the check fails visibly; the daemon goes on
                 log.exception("check %s: the %s adapter failed to prepare the run",
                               self.check.name, adapter.name)
-                return None, "error", f"devloop: cannot prepare the run: {exc}", tools.Report()
+                msg = f"devloop: cannot prepare the run: {exc}"
+                return None, "error", msg, tools.Report(reason=msg)
             return await self._spawn(adapter, inv, timeout)
         finally:
             shutil.rmtree(report_dir, ignore_errors=True)
@@ -316,6 +334,20 @@ class CheckRun:
             counts=report.counts,
             reason=report.reason,
         )
+
+
+_logged_cache_problem: list[str] = []  # the one logged, until the cache works again
+
+
+def _cache_problem(problem: str | None) -> None:
+    """Log a tool cache problem once, and when it is gone."""
+    if problem is None:
+        if _logged_cache_problem:
+            log.info("the tool cache directory works again")
+            _logged_cache_problem.clear()
+    elif problem not in _logged_cache_problem:
+        log.warning("%s", problem)
+        _logged_cache_problem[:] = [problem]
 
 
 def _stored_text(done: tools.Finished) -> str:

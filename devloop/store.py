@@ -62,8 +62,8 @@ class Run:
     files: tuple[str, ...] | None  # None: the whole project
     output: str
     covers_all: bool = False  # it checked everything (no {files}): all its findings are new
-    counts: dict[str, int] | None = None  # passed/failed/errors/skipped, for test runners
-    reason: str | None = None  # a short line (or a few): why it failed, or what it ran
+    counts: dict[str, int] | None = None  # tests "passed", "failed", "errors", "skipped"
+    reason: str | None = None  # a line or a few: why it failed, when findings do not say
 
 
 @dataclass(frozen=True)

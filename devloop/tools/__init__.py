@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from devloop.findings import Finding
+from devloop.findings import MAX_FINDINGS, Finding
 
 if TYPE_CHECKING:  # config imports NAMES from here: no import cycle at run time
     from devloop.config import Check
     from devloop.store import Outcome
 
 # The keys `tool = ...` accepts, each the module devloop/tools/<name>.py.
-NAMES: tuple[str, ...] = ("generic", "mypy", "pysyntax")
+NAMES: tuple[str, ...] = ("generic", "mypy", "pysyntax", "pytest", "ruff")
 
 
 @dataclass
@@ -147,7 +147,7 @@ def merge(reports: list[Report]) -> Report:
                 counts[k] = counts.get(k, 0) + v
     reasons = list(dict.fromkeys(r.reason for r in reports if r.reason))
     return Report(
-        findings=[f for r in reports for f in r.findings],
+        findings=[f for r in reports for f in r.findings][:MAX_FINDINGS],
         counts=counts,
         reason="\n".join(reasons) or None,
     )

@@ -8,8 +8,10 @@ is kept: it was somebody's choice.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,8 +27,13 @@ CACHE_VARS = {
     "MYPY_CACHE_DIR": "mypy",
     "RUFF_CACHE_DIR": "ruff",
     "TESTMON_DATAFILE": "testmon/testmondata",  # pytest-testmon's .testmondata
-    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",  # read by hypothesis >= 6.131
+    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",  # read by recent hypothesis (6.170 is)
 }
+
+# `-o cache_dir=` names an option of pytest's cache plugin: with the plugin off
+# (`-p no:cacheprovider`, so no .pytest_cache either) pytest warns that the option is
+# unknown, and a project with `filterwarnings = error` would fail on that warning.
+UNKNOWN_INI_OK = "ignore:Unknown config option:pytest.PytestConfigWarning"
 
 
 def cache_dir(root: Path, environ: Mapping[str, str]) -> Path:
@@ -34,6 +41,10 @@ def cache_dir(root: Path, environ: Mapping[str, str]) -> Path:
     given = environ.get("CACHE_DIRECTORY", "").split(":")[0]  # systemd: colon-separated
     path = Path(given) if os.path.isabs(given) else root / STATE_DIR / "cache"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(errno.EPERM, f"{path} is not a directory of ours (a symlink?): "
+                      "refusing to use it")
     return path
 
 
@@ -62,7 +73,11 @@ def environment(root: Path, environ: Mapping[str, str], cache: Path) -> dict[str
     # check recompile what it imports from source: 0.4-0.6 s more per dmypy client start.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     addopts = env.get("PYTEST_ADDOPTS", "")
+    extra = []
     if "cache_dir=" not in addopts:
-        env["PYTEST_ADDOPTS"] = " ".join(
-            filter(None, [addopts, "-o", shlex.quote(f"cache_dir={cache / 'pytest'}")]))
+        extra += ["-o", shlex.quote(f"cache_dir={cache / 'pytest'}")]
+    if UNKNOWN_INI_OK not in addopts:
+        extra += ["-W", shlex.quote(UNKNOWN_INI_OK)]
+    if extra:
+        env["PYTEST_ADDOPTS"] = " ".join(filter(None, [addopts, *extra]))
     return env

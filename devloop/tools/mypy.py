@@ -515,7 +515,7 @@ servers = Servers()
 # -- the adapter --------------------------------------------------------------------------
 class Mypy(Adapter):
     name = "mypy"
-    executables: ClassVar[tuple[str, ...]] = ("mypy", "dmypy")
+    executables: ClassVar[tuple[str, ...]] = ("mypy",)
     modules: ClassVar[tuple[str, ...]] = ("mypy",)
     whole_program = True
 

@@ -249,7 +249,7 @@ def test_rewrite_within_the_same_second_is_seen(
     root = make_project(tmp_path / "p", mypy_venv, {
         "pyproject.toml": '[tool.mypy]\nfiles = ["pkg"]\n',
         "pkg/__init__.py": "", "pkg/b.py": B})
-    second = int(time.time()) - 100
+    second = int(time.time()) + 30  # whole seconds from now on can still be written
 
     def put(text: str, at: float) -> float:
         tmp = root / "pkg/.a.tmp"

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -353,11 +354,13 @@ class Server:
         wrong for ever). Such a file changed (inotify says so) with the same second and
         size as at the previous run, but other content."""
         missed = []
+        recent = int(time.time()) - 1  # an older mtime second can never be written again
         for f in files:
             try:
                 path = root / f
                 st = path.stat()
-                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+                digest = (hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+                          if int(st.st_mtime) >= recent else b"")
             except OSError:
                 self.seen.pop(f, None)
                 continue

@@ -151,7 +151,8 @@ def test_pytest_failures_are_node_ids_with_assertions_and_counts(proj: Path) -> 
                           "tests/test_b.py"}
     eq = by_id["tests/test_a.py::test_eq[1]"]
     assert (eq.file, eq.line) == ("tests/test_a.py", 11)
-    assert eq.message.splitlines()[0] == "tests/test_a.py::test_eq[1]: assert [1, 2] == [1, 3]"
+    assert eq.message.startswith("tests/test_a.py::test_eq[1]: assert [1, 2] == [1, 3] | ")
+    assert all("\n" not in f.message for f in found)  # a finding is one line
     assert by_id["tests/test_a.py::TestK::test_m"].message.endswith("ValueError: boom")
     syntax = by_id["tests/test_b.py"]  # at the real error, not in pytest's import machinery
     assert (syntax.file, syntax.line, syntax.code) == ("pkg/bad.py", 2, "collection error")
@@ -408,3 +409,14 @@ def test_cache_options_never_break_a_strict_project(proj: Path, command: str) ->
     # (a generic command gets the variables but not the plugin: pytest-benchmark's
     # .benchmarks/ may appear there, see docs/checks.md)
     assert [p for p in tool_state_in(proj) if not p.endswith(".benchmarks")] == []
+
+
+@pytest.mark.parametrize("options", [
+    '"--output-format=json"', '"--output-format", "concise"', '"-o", "out.txt"',
+    '"--output-file=out.txt", "--output-format=github"'])
+def test_ruff_report_goes_where_the_adapter_reads_it(proj: Path, options: str) -> None:
+    (proj / "a.py").write_text("import os\n")
+    run, found = run_check(proj, check(f'command = ["ruff", "check", {options}, "{{files}}"]\n'
+                                       'patterns = ["*.py"]\n'))
+    assert [(f.file, f.code) for f in found] == [("a.py", "F401")], run.output
+    assert not (proj / "out.txt").exists()

@@ -179,7 +179,9 @@ def _finding(root: Path, elem: ET.Element, problem: ET.Element) -> Finding:
         kind = "collection error"
     else:
         kind = "error" if problem.tag == "error" else "failed"
-    body = first_lines(message, MESSAGE_LINES) or kind
+    # one line: a finding is printed as one (`|` marks where pytest's lines broke)
+    body = " | ".join(ln.strip() for ln in first_lines(message, MESSAGE_LINES).splitlines())
+    body = body or kind
     return Finding(file=where[0], line=where[1], column=None, severity="error", code=kind,
                    message=f"{nid}: {body}")
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from daemon_proc import DaemonProc, alive, devloop, status_json, wait_for
 
+from devloop.tools import Invocation
 from devloop.tools import mypy as mypy_tool
 
 TOML = """\
@@ -284,3 +285,20 @@ def test_checks_keep_their_bytecode_in_the_cache(tmp_path: Path) -> None:
     assert r.stdout.strip() == "False"
     subprocess.run([sys.executable, "-c", "import json"], env=env, check=True, timeout=60)
     assert list((tmp_path / "cache/pycache").rglob("*.pyc"))
+
+
+@pytest.mark.parametrize(("argv", "files", "head", "flags", "targets"), [
+    (["mypy", "--strict", "a.py"], ("a.py",), ("mypy",), ("--strict",), False),
+    (["mypy", "-m", "mod"], (), ("mypy",), ("-m", "mod"), True),
+    (["python3", "-m", "mypy", "pkg"], (), ("python3", "-m", "mypy"), ("pkg",), True),
+    (["mypy", "--config-file", "pkg", "./-x.py"], ("-x.py",), ("mypy",),
+     ("--config-file", "pkg"), False),
+])
+def test_command_taken_apart(tmp_path: Path, argv: list[str], files: tuple[str, ...],
+                             head: tuple[str, ...], flags: tuple[str, ...],
+                             targets: bool) -> None:
+    (tmp_path / "pkg").mkdir()
+    inv = Invocation(argv=argv, env={"PATH": "/nonexistent"}, root=tmp_path, files=files,
+                     whole=False, report_dir=tmp_path, cache_dir=tmp_path)
+    cmd = mypy_tool.Command.parse(inv)
+    assert (cmd.mypy, cmd.flags, cmd.user_targets) == (head, flags, targets)

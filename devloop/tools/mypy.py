@@ -225,7 +225,9 @@ class Command:
     @classmethod
     def parse(cls, inv: Invocation) -> Command:
         argv = list(inv.argv)
-        n = 3 if len(argv) >= 3 and argv[1] == "-m" else 1
+        python_m = (len(argv) >= 3 and argv[1] == "-m"
+                    and os.path.basename(argv[0]).startswith("python"))  # not `mypy -m mod`
+        n = 3 if python_m else 1
         head, rest = tuple(argv[:n]), argv[n:]
         files = set(inv.files) | {f"./{f}" for f in inv.files if f.startswith("-")}
         # `{files}` became the changed files: mypy checks the program instead
@@ -252,7 +254,6 @@ def _dmypy_for(mypy: tuple[str, ...], inv: Invocation) -> tuple[str, ...] | None
 _MESSAGE = re.compile(
     r"^(?P<path>[^:\n]+?):(?:(?P<line>\d+):(?:(?P<col>\d+):)?)?\s(?P<sev>error|warning|note):"
     r"\s?(?P<msg>.*?)(?:\s\s\[(?P<code>[\w-]+)\])?$")
-
 
 
 def parse_output(root: Path, text: str) -> tuple[list[Finding], list[str]]:

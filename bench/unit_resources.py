@@ -48,6 +48,9 @@ command = [".venv/bin/pytest", "-q", "-p", "no:cacheprovider"]
 patterns = ["*.py"]
 debounce_ms = 0
 """
+RESOURCE_LINES = [ln for ln in (REPO / "units/devloop@.service").read_text().splitlines()
+                  if ln.startswith(("CPUWeight=", "IOWeight=", "Nice=", "MemoryMax=",
+                                    "CPUQuota="))]
 SLICE = "[Slice]\nCPUWeight=20\nIOWeight=20\n"
 TEST = """\
 import pytest
@@ -182,8 +185,7 @@ def main() -> int:
             f"`python3 bench/unit_resources.py --edits {args.edits} --window {args.window:g}`, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
             f"load average {load:.1f} (other work shared the machine: not idle). Unit: "
-            "`CPUWeight=20`, `IOWeight=20`, `Nice=10`, `MemoryMax=512M`; cgroup v1 cpu "
-            "controller on.",
+            f"{', '.join(f'`{ln}`' for ln in RESOURCE_LINES)}; cgroup v1 cpu controller on.",
             "",
             "| save -> fresh pytest result | median (s) | samples (s) |",
             "|---|---:|---|",

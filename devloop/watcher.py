@@ -259,7 +259,9 @@ class Watcher:
         """Watch, then scan, the directories created or moved in: their files are changes."""
         while self.new_dirs:
             rel = self.new_dirs.pop(0)
-            if not self.rules.is_ignored(rel, True):
+            if self.rules.is_ignored(rel, True):
+                self._settled(rel)  # ignored since: no watch wanted
+            else:
                 yield from self._walk(rel, changes)
 
     def read_events(self) -> tuple[set[str], bool]:
@@ -329,11 +331,9 @@ class Watcher:
                 raise
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("cannot watch %s: %s", path, exc.strerror)
+            self._settled(reldir)  # gone: nothing left to watch there
             return None
-        if self.unwatched:
-            self.unwatched.discard(reldir)
-            if not self.unwatched:
-                log.info("every directory is watched again")
+        self._settled(reldir)
         old = self._dir_wd.get(reldir)
         if old is not None and old != wd:
             self._wd_dir.pop(old, None)
@@ -355,30 +355,31 @@ class Watcher:
         """Watch top and below; snapshot their files, adding differences to `changes`."""
         stack = [top]
         walked = 0
-        limit_hit = False
-        needed = 0  # directories found after the limit was hit (strict: for the message)
+        counting = False  # strict, after an ENOSPC: only counting what the project needs
+        needed = 0
         while stack:
             reldir = stack.pop()
-            if not limit_hit:
+            if counting:
+                needed += 1
+            else:
+                # not strict, every directory is tried, even after an ENOSPC: one already
+                # watched keeps its watch (the kernel updates it, no new one is needed),
+                # and a watch freed meanwhile is used
                 try:
                     if self._add_watch(reldir) is None:
                         continue  # vanished, or not a directory any more
                 except OSError:  # ENOSPC: the watch limit
-                    limit_hit = True
-                    if not strict and not self.unwatched:  # log entering the state, once
-                        log.error("%s", watch_limit_message(self.watch_count + 1,
-                                                            max_user_watches()))
-            if limit_hit:
-                if not strict:
-                    self.unwatched.add(reldir)
-                    continue
-                needed += 1
+                    if not strict:
+                        self._cannot_watch(reldir, changes)
+                        continue
+                    counting = True
+                    needed += 1
             if visited is not None:
                 visited.add(reldir)
             subdirs, stamps = scan_dir(self._root, reldir, self.rules, files=files)
             stack.extend(subdirs)
-            if limit_hit:
-                pass  # strict: only counting what the project needs
+            if counting:
+                pass
             elif not files:
                 self._unsnapped.add(reldir)
             else:
@@ -392,9 +393,28 @@ class Watcher:
             walked += 1
             if walked % WALK_SLICE == 0:
                 yield walked
-        if limit_hit and strict:
+        if counting:
             raise WatchLimitError(self.watch_count + needed)
         yield walked
+
+    def _settled(self, reldir: str) -> None:
+        """reldir is watched now, or needs no watch: it leaves `unwatched`."""
+        if self.unwatched:
+            self.unwatched.discard(reldir)
+            if not self.unwatched:
+                log.info("every directory is watched again")
+
+    def _cannot_watch(self, reldir: str, changes: set[str] | None) -> None:
+        """The watch limit left reldir out: it and what is below wait in `unwatched`."""
+        if not self.unwatched:  # log entering the state, once
+            log.error("%s", watch_limit_message(self.watch_count + 1, max_user_watches()))
+        if reldir in self._dir_wd:
+            # watched before, yet a new watch was needed: a new directory under the same
+            # name (its old one went in an overflow); what was known below it is gone
+            gone = self._drop_tree(reldir)
+            if changes is not None:
+                changes |= gone
+        self.unwatched.add(reldir)
 
     def _drop_tree(self, reldir: str) -> set[str]:
         """Forget reldir and below (deleted or moved away): its files count as changed."""

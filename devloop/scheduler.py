@@ -8,9 +8,10 @@ Across checks: at most `max_parallel` run at once.
 A check that rewrites the files it watches would trigger itself forever. When
 LOOP_RUNS runs in a row were each triggered only by the same files, changed
 while the check itself was running, it is declared a loop. From then on, changes
-to those files made while it runs are held back: after a run, they trigger one
-more run LOOP_BACKOFF_S later, and only if the files' content differs from what
-that run saw (a check rewriting the same bytes stops at once). A change made
+to those files made while it runs (or in the RUN_TAIL_S after) are held back: after
+the run (at once, for the tail), they trigger one more run LOOP_BACKOFF_S later, and
+only if the files' content differs from what that run saw (a check rewriting the same
+bytes stops at once). A change made
 while the check is idle runs it as usual and ends the loop state. So a loop
 costs at most one run every LOOP_BACKOFF_S, and no save is ever left unchecked.
 """
@@ -60,6 +61,7 @@ class _State:
     ended_at: float = float("-inf")
     looping: frozenset[str] = frozenset()  # files of a detected self-trigger loop
     held: set[str] = field(default_factory=set)  # their changes made during a run
+    stale: set[str] = field(default_factory=set)  # held ones that differ: the backoff runs them
     seen: dict[str, bytes | None] = field(default_factory=dict)  # their digests at run start
     backoff: asyncio.TimerHandle | None = None
 
@@ -143,6 +145,8 @@ class Scheduler:
                 state.changed_while_running.update(matched)
                 if state.looping and state.looping.issuperset(matched):
                     state.held.update(matched)  # its own writes? see the module docstring
+                    if state.current is None:
+                        self._hold_back(state)  # the run has ended: no later pass takes them
                     continue
             else:
                 state.self_streak = 0
@@ -153,6 +157,8 @@ class Scheduler:
                     if state.backoff is not None:
                         state.backoff.cancel()
                         state.backoff = None
+                    matched += sorted(state.stale - set(matched))  # they run now instead
+                    state.stale = set()
             if state.pending_since is None:
                 state.pending_since = now
             state.last_change = now
@@ -281,14 +287,15 @@ class Scheduler:
     def _hold_back(self, state: _State) -> None:
         """After a run of a looping check: its held changes, if real, run it again later."""
         held, state.held = state.held, set()
-        stale = {f for f in held if _digest(self.root / f) != state.seen.get(f)}
-        if stale and state.backoff is None:
+        state.stale |= {f for f in held if _digest(self.root / f) != state.seen.get(f)}
+        if state.stale and state.backoff is None:
             state.backoff = asyncio.get_running_loop().call_later(
-                LOOP_BACKOFF_S, self._release, state, stale)
+                LOOP_BACKOFF_S, self._release, state)
 
-    def _release(self, state: _State, files: set[str]) -> None:
+    def _release(self, state: _State) -> None:
         state.backoff = None
-        state.pending.update(files)
+        state.pending |= state.stale
+        state.stale = set()
         self._arm(state, now=True)
 
     async def _run(self, state: _State) -> None:

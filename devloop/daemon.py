@@ -26,7 +26,7 @@ from devloop.config import Config
 from devloop.core import daemon_health
 from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
 from devloop.findings import Finding
-from devloop.ignore import IgnoreRules
+from devloop.ignore import EXCLUDE, IgnoreRules
 from devloop.scheduler import Scheduler
 from devloop.store import Run, Store
 from devloop.systemd import Notifier
@@ -97,7 +97,8 @@ class Daemon:
         self.ledger.kill_leftovers()
         walk_started_ns = time.time_ns()  # mtimes are compared with it, less 50 ms (coarse)
         try:
-            await self._initial_walk()
+            if not await self._initial_walk():
+                return self.exit_code  # stopped meanwhile: a stop never waits for the walk
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
                                        self.watcher.all_files, ledger=self.ledger)
@@ -109,8 +110,13 @@ class Daemon:
             if self.on_ready is not None:
                 self.on_ready()
             changed_meanwhile: set[str] = set()
-            await self._sliced(self.watcher.fill_snapshot(walk_started_ns - 50_000_000,
-                                                          changed_meanwhile))
+            snapshot_started = time.monotonic()
+            if not await self._sliced(self.watcher.fill_snapshot(walk_started_ns - 50_000_000,
+                                                                 changed_meanwhile)):
+                log.info("stopped before the snapshot of the files was complete")
+                return self.exit_code
+            log.info("snapshot of the files complete in %.2fs",
+                     time.monotonic() - snapshot_started)
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
@@ -119,10 +125,11 @@ class Daemon:
             await self._shutdown()
         return self.exit_code
 
-    async def _initial_walk(self) -> None:
+    async def _initial_walk(self) -> bool:
+        """Place the watches; False when stopped meanwhile."""
         last_extend = 0.0
         try:
-            for _ in self.watcher.walk_all(strict=True):
+            for walked in self.watcher.walk_all(strict=True):
                 now = time.monotonic()
                 if now - last_extend >= EXTEND_EVERY_S:
                     self.notifier.extend_timeout(EXTEND_BY_S)
@@ -130,8 +137,12 @@ class Daemon:
                                          "directories so far")
                     last_extend = now
                 await asyncio.sleep(0)
+                if self._stop.is_set():
+                    log.info("stopped during the initial walk, after %d directories", walked)
+                    return False
         except WatchLimitError as exc:
             raise DevloopError(str(exc), EX_OSERR) from None
+        return True
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -175,10 +186,11 @@ class Daemon:
 
     def _dispatch(self, changes: set[str], *, recheck_ignored: bool = False) -> None:
         """recheck_ignored: changes from a rescan may lie in what the rules now ignore."""
-        if config_mod.CONFIG_NAME in changes or any(
+        if config_mod.CONFIG_NAME in changes or EXCLUDE in changes or any(
             c == ".gitignore" or c.endswith("/.gitignore") for c in changes
         ):
             self._request_reload()
+            changes = changes - {EXCLUDE}  # only a rule file: not one of the project's files
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
             self._db(lambda store: store.forget_files(gone))
@@ -187,9 +199,13 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.changed(changes)
 
-    async def _sliced(self, slices: Iterator[int]) -> None:
+    async def _sliced(self, slices: Iterator[int]) -> bool:
+        """Run a walk a slice per turn of the loop; False when stopped meanwhile."""
         for _ in slices:
             await asyncio.sleep(0)
+            if self._stop.is_set():
+                return False
+        return True
 
     def _start_walker(self) -> None:
         if self._walker is None and (self._rescan_wanted or self.watcher.new_dirs):

@@ -14,6 +14,7 @@ import pathspec
 
 log = logging.getLogger(__name__)
 
+EXCLUDE = ".git/info/exclude"  # the repository's own ignore rules, outside any .gitignore
 BUILTIN_IGNORES: tuple[str, ...] = (
     ".git/",
     ".hg/",
@@ -85,9 +86,8 @@ class IgnoreRules:
     def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.root = root
         self._forced = compile_spec([*BUILTIN_IGNORES, *extra])
-        exclude = _read_lines(root / ".git" / "info" / "exclude")
-        self._exclude = _tolerant_spec(root / ".git" / "info" / "exclude", exclude) \
-            if exclude else None
+        exclude = _read_lines(root / EXCLUDE)
+        self._exclude = _tolerant_spec(root / EXCLUDE, exclude) if exclude else None
         self._by_dir: dict[str, pathspec.GitIgnoreSpec] = {}
 
     def load_dir(self, reldir: str, present: bool = True) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-from devloop.ignore import IgnoreRules
+from devloop.ignore import EXCLUDE, IgnoreRules
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class Watcher:
         self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
         self._children: dict[str, set[str]] = {}  # watched directory -> its watched subdirs
         self.new_dirs: list[str] = []  # created or moved in, to walk (`walk_new_dirs`)
+        self._exclude_wd: int | None = None  # .git/info: the walk never enters .git
 
     # -- public ---------------------------------------------------------------------
     def fileno(self) -> int:
@@ -220,6 +221,7 @@ class Watcher:
         WatchLimitError, after counting how many directories the project has, never
         leaving a silent half-watch.
         """
+        self._watch_exclude()
         yield from self._walk("", None, strict=strict, files=False)
 
     def fill_snapshot(self, since_ns: int, changes: set[str]) -> Iterator[int]:
@@ -243,6 +245,7 @@ class Watcher:
     def rescan(self, changes: set[str]) -> Iterator[int]:
         """Compare the tree with the snapshot, adding the differences to `changes`."""
         self.rescans += 1
+        self._watch_exclude()
         before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
         yield from self._walk("", changes, visited=visited)
@@ -272,6 +275,12 @@ class Watcher:
             mask = ev.mask
             if mask & flags.Q_OVERFLOW:
                 overflow = True
+                continue
+            if ev.wd == self._exclude_wd:
+                if mask & flags.IGNORED:
+                    self._exclude_wd = None
+                elif ev.name == "exclude":
+                    changes.add(EXCLUDE)  # the daemon reloads the rules
                 continue
             reldir = self._wd_dir.get(ev.wd)
             if reldir is None:
@@ -321,6 +330,13 @@ class Watcher:
         stamp = None if stat.S_ISDIR(st.st_mode) else hash((st.st_mtime_ns, st.st_size))
         self.snapshot.update(reldir, name, stamp)
         return st
+
+    def _watch_exclude(self) -> None:
+        """A watch of its own for .git/info (.git has too much churn to watch it all)."""
+        if self._exclude_wd is None:
+            with contextlib.suppress(OSError):  # no .git/info (yet), or no watch to spare
+                self._exclude_wd = int(self.inotify.add_watch(
+                    self._abs(EXCLUDE.rpartition("/")[0]), DIR_MASK))
 
     def _add_watch(self, reldir: str) -> int | None:
         path = self._abs(reldir)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from daemon_proc import DaemonProc, inotify_watches, ran_files, record_check, wait_for
 
 from devloop.core.daemon_health import check_daemon_health
@@ -65,3 +69,80 @@ def test_rescan_at_the_watch_limit_keeps_the_watches_it_has(project: Path, tmp_p
     edit_and_wait(project, log, [f"{n}/b.txt" for n in new] + [f"{w}/a.txt" for w in watched],
                   "again")
     assert d.proc.poll() is None
+
+
+def make_tree(root: Path, dirs: int, files_per_dir: int) -> Path:
+    """A big project: `dirs` directories (in groups of 1,000) of empty files."""
+    for i in range(dirs):
+        d = root / f"g{i // 1000}" / f"d{i}"
+        os.makedirs(d)
+        for j in range(files_per_dir):
+            os.close(os.open(d / f"f{j}.txt", os.O_CREAT | os.O_WRONLY, 0o644))
+    (root / "devloop.toml").write_text(
+        '[checks.all]\ncommand = ["true"]\npatterns = ["*.txt"]\nrun_on_start = false\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """In memory (tmpfs) where there is one: 100,000 files on a busy disk take a minute."""
+    if os.access("/dev/shm", os.W_OK):
+        with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="devloop-test-") as d:
+            yield Path(d)
+    else:
+        yield tmp_path_factory.mktemp("big")
+
+
+@pytest.fixture(scope="module")
+def many_dirs(big_dir: Path) -> Path:
+    """Long to walk: 40,000 directories."""
+    return make_tree(big_dir / "many_dirs", 40_000, 0)
+
+
+@pytest.fixture(scope="module")
+def many_files(big_dir: Path) -> Path:
+    """Quick to walk, long to snapshot: 1,000 directories of 100 files."""
+    return make_tree(big_dir / "many_files", 1_000, 100)
+
+
+def test_sigterm_during_the_initial_walk_does_not_wait_for_it(many_dirs: Path,
+                                                              start_daemon: Start) -> None:
+    d = start_daemon(many_dirs, ready=False)
+    wait_for(lambda: (d.drain(0.05), any("STATUS=walking the project" in m
+                                         for m in d.messages))[1], timeout=120,
+             what="the walk under way")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(120) == 0  # the timeout only keeps a hang from blocking the suite
+    d.drain()
+    assert not d.sent("READY=1")
+    assert "stopped during the initial walk, after" in d.log
+    assert "watching" not in d.log  # the walk's end was never reached
+
+
+def test_sigterm_during_the_snapshot_does_not_wait_for_it(many_files: Path,
+                                                          start_daemon: Start) -> None:
+    d = start_daemon(many_files)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(120) == 0
+    assert "stopped before the snapshot of the files was complete" in d.log
+    assert "snapshot of the files complete" not in d.log
+
+
+def test_a_change_to_git_info_exclude_reloads_the_rules(project: Path, tmp_path: Path,
+                                                         start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    (project / "skip").mkdir()
+    d = start_daemon(project)
+    edit_and_wait(project, log, ["skip/a.txt", "b.txt"], "x")
+    watches = inotify_watches(d.pid)
+    with open(project / ".git" / "info" / "exclude", "a") as f:
+        f.write("skip/\nb.txt\n")
+    wait_for(lambda: "configuration reloaded" in d.log, what="reload")
+    assert inotify_watches(d.pid) == watches - 1  # skip/ is not watched any more
+    log.unlink()
+    for rel in ("skip/a.txt", "b.txt"):
+        (project / rel).write_text("y")
+    edit_and_wait(project, log, ["c.txt"], "x")  # events come in order: the others came first
+    assert ran_files(log) == {"c.txt"}

@@ -64,7 +64,7 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
                                EX_CANTCREAT) from None
-        self._unsaved: deque[tuple[Run, list[Finding]]] = deque()
+        self._unsaved: deque[Callable[[Store], object]] = deque()  # writes, in order
         self._flush_handle: asyncio.TimerHandle | None = None
         self.ledger = reaper.GroupLedger(state_dir)
         self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
@@ -193,7 +193,7 @@ class Daemon:
             changes = changes - {EXCLUDE}  # only a rule file: not one of the project's files
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
-            self._db(lambda store: store.forget_files(gone))
+            self._write(functools.partial(Store.forget_files, files=gone))
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
@@ -351,17 +351,20 @@ class Daemon:
             self.config.heartbeat_interval, self._heartbeat)
 
     def _save(self, run: Run, findings: list[Finding]) -> None:
-        """Runs are saved in order; those the database refuses wait in memory for a retry."""
-        self._unsaved.append((run, findings))
+        self._write(functools.partial(Store.record, run=run, findings=findings))
+
+    def _write(self, write: Callable[[Store], object]) -> None:
+        """Writes are done in order; those the database refuses wait in memory for a retry."""
+        self._unsaved.append(write)
         if len(self._unsaved) > MAX_UNSAVED:
             self._unsaved.popleft()
-            log.error("more than %d runs could not be saved: dropping the oldest", MAX_UNSAVED)
+            log.error("more than %d results could not be saved: dropping the oldest",
+                      MAX_UNSAVED)
         self._flush()
 
     def _flush(self) -> None:
         while self._unsaved:
-            run, findings = self._unsaved[0]
-            if not self._db(functools.partial(Store.record, run=run, findings=findings)):
+            if not self._db(self._unsaved[0]):
                 if self._flush_handle is None:
                     self._flush_handle = asyncio.get_running_loop().call_later(
                         DB_RETRY_S, self._retry_flush)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_proc import DaemonProc, inotify_watches, ran_files, record_check, wait_for
+from daemon_proc import (
+    DaemonProc,
+    inotify_watches,
+    ran_files,
+    record_check,
+    status_json,
+    wait_for,
+)
 
 from devloop.core.daemon_health import check_daemon_health
+from devloop.store import Store
 
 Start = Callable[..., DaemonProc]
 
@@ -146,3 +156,41 @@ def test_a_change_to_git_info_exclude_reloads_the_rules(project: Path, tmp_path:
         (project / rel).write_text("y")
     edit_and_wait(project, log, ["c.txt"], "x")  # events come in order: the others came first
     assert ran_files(log) == {"c.txt"}
+
+
+def syntax_check_config(root: Path) -> None:
+    config(root, "[checks.syntax]\n"
+           f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+           'patterns = ["*.py"]\ndebounce_ms = 0\nrun_on_start = false\n')
+
+
+def findings_of(root: Path) -> set[str]:
+    return {f["file"] for s in status_json(root) for f in s["findings"]}
+
+
+def test_forgetting_a_deleted_file_waits_out_a_locked_database(project: Path,
+                                                               start_daemon: Start) -> None:
+    syntax_check_config(project)
+    d = start_daemon(project)
+    (project / "bad.py").write_text("def f(:\n")
+    wait_for(lambda: findings_of(project) == {"bad.py"}, what="a finding")
+    conn = sqlite3.connect(project / ".devloop" / "devloop.db", isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        (project / "bad.py").unlink()
+        wait_for(lambda: "database is locked" in d.log, what="lock noticed")
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    wait_for(lambda: not findings_of(project), what="the finding forgotten after the lock")
+    assert d.proc.poll() is None
+
+
+def test_forget_files_is_one_transaction(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    store.forget_files([f"f{i}.py" for i in range(50)])
+    store.close()
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == [
+        "BEGIN IMMEDIATE", "COMMIT"]

@@ -325,6 +325,7 @@ class Daemon:
             pid=os.getpid(), uptime_seconds=time.monotonic() - self.started,
             interval_seconds=self.config.heartbeat_interval, project=str(self.root),
             watches=self.watcher.watch_count, rescans=self.watcher.rescans,
+            overflows=self.watcher.overflows,
             problem=self.problem(),
             checks={c.name: {**self.check_stats.get(c.name, {
                 "runs": {}, "last_duration_seconds": None, "last_success_timestamp": None}),

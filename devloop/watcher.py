@@ -186,6 +186,8 @@ class Watcher:
         self._dir_wd: dict[str, int] = {}
         self.snapshot = Snapshot()
         self.rescans = 0
+        self.overflows = 0  # rescans that answered an inotify queue overflow
+        self._overflowed = False  # an overflow not yet answered by a rescan
         self.root_gone = False
         self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
         self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
@@ -245,6 +247,9 @@ class Watcher:
     def rescan(self, changes: set[str]) -> Iterator[int]:
         """Compare the tree with the snapshot, adding the differences to `changes`."""
         self.rescans += 1
+        if self._overflowed:
+            self._overflowed = False
+            self.overflows += 1
         self._watch_exclude()
         before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
@@ -274,7 +279,7 @@ class Watcher:
         for ev in self.inotify.read(timeout=0):
             mask = ev.mask
             if mask & flags.Q_OVERFLOW:
-                overflow = True
+                overflow = self._overflowed = True
                 continue
             if ev.wd == self._exclude_wd:
                 if mask & flags.IGNORED:

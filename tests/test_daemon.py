@@ -200,6 +200,7 @@ def test_overflow_rescans_and_loses_nothing(project: Path, tmp_path: Path,
     assert "inotify queue overflowed" in d.log
     hb = project / ".devloop" / "daemon.heartbeat"
     wait_for(lambda: json.loads(hb.read_text()).get("rescans", 0) >= 1, what="rescans count")
+    assert json.loads(hb.read_text())["overflows"] >= 1
 
 
 def test_check_that_hangs_is_killed_with_its_grandchildren(project: Path, tmp_path: Path,

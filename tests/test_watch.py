@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -151,6 +152,9 @@ def test_a_change_to_git_info_exclude_reloads_the_rules(project: Path, tmp_path:
         f.write("skip/\nb.txt\n")
     wait_for(lambda: "configuration reloaded" in d.log, what="reload")
     assert inotify_watches(d.pid) == watches - 1  # skip/ is not watched any more
+    hb = project / ".devloop" / "daemon.heartbeat"
+    wait_for(lambda: json.loads(hb.read_text())["rescans"] == 1, what="the rescan counted")
+    assert json.loads(hb.read_text())["overflows"] == 0  # not an overflow's
     log.unlink()
     for rel in ("skip/a.txt", "b.txt"):
         (project / rel).write_text("y")

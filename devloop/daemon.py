@@ -40,6 +40,7 @@ DB_RETRY_S = 1.0
 MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
+SLOW_CALLBACK_ENV = "DEVLOOP_SLOW_CALLBACK_MS"  # bench mode: log callbacks longer than this
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
           "error": logging.ERROR, "timeout": logging.ERROR}
 
@@ -88,6 +89,10 @@ class Daemon:
     # -- life cycle -----------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        slow_ms = os.environ.get(SLOW_CALLBACK_ENV)
+        if slow_ms:  # asyncio's debug mode logs each callback that held the loop this long
+            loop.set_debug(True)
+            loop.slow_callback_duration = float(slow_ms) / 1000
         if self.notifier.watchdog_interval:
             self._watchdog()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +104,7 @@ class Daemon:
         try:
             if not await self._initial_walk():
                 return self.exit_code  # stopped meanwhile: a stop never waits for the walk
+            walk_ended_ns = time.time_ns()  # every watch in place: later changes have events
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
                                        self.watcher.all_files, ledger=self.ledger)
@@ -111,8 +117,8 @@ class Daemon:
                 self.on_ready()
             changed_meanwhile: set[str] = set()
             snapshot_started = time.monotonic()
-            if not await self._sliced(self.watcher.fill_snapshot(walk_started_ns - 50_000_000,
-                                                                 changed_meanwhile)):
+            if not await self._sliced(self.watcher.fill_snapshot(
+                    walk_started_ns - 50_000_000, walk_ended_ns, changed_meanwhile)):
                 log.info("stopped before the snapshot of the files was complete")
                 return self.exit_code
             log.info("snapshot of the files complete in %.2fs",

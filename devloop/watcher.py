@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ DIR_MASK = (
     | flags.DONT_FOLLOW
     | flags.EXCL_UNLINK
 )
-WALK_SLICE = 200  # directories per slice of a walk, between two yields to the event loop
+SLICE_S = 0.002  # a walk yields to the event loop this often: an event waits for a slice or two
 
 Stamp = int  # hash((mtime_ns, size)): one small int per file keeps 100k files in a few MB
 
@@ -73,11 +74,12 @@ def _join(reldir: str, name: str) -> str:
 
 
 def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
-             newer: tuple[int, set[str]] | None = None) -> tuple[list[str], dict[str, Stamp]]:
+             newer: tuple[int, int, set[str]] | None = None
+             ) -> tuple[list[str], dict[str, Stamp]]:
     """One directory: its subdirectories and (with files=True) its files, ignored ones left out.
 
     The directory's own .gitignore (read only where there is one) applies to its entries.
-    newer=(ns, found): files modified at or after ns (mtime) are added to found.
+    newer=(lo, hi, found): files modified (mtime) from lo to hi ns are added to found.
     """
     stamps: dict[str, Stamp] = {}
     try:
@@ -113,8 +115,8 @@ def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
         except OSError:
             continue
         stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
-        if newer is not None and st.st_mtime_ns >= newer[0]:
-            newer[1].add(prefix + entry.name)
+        if newer is not None and newer[0] <= st.st_mtime_ns <= newer[1]:
+            newer[2].add(prefix + entry.name)
     return subdirs, stamps
 
 
@@ -226,22 +228,25 @@ class Watcher:
         self._watch_exclude()
         yield from self._walk("", None, strict=strict, files=False)
 
-    def fill_snapshot(self, since_ns: int, changes: set[str]) -> Iterator[int]:
+    def fill_snapshot(self, since_ns: int, until_ns: int, changes: set[str]) -> Iterator[int]:
         """Stat the files of the directories the initial walk only listed, in slices.
 
-        A file modified since `since_ns` (the walk's start) is added to `changes`: an
-        event of it may have been lost to an overflow before its directory got here, or
-        come before its directory was watched.
+        A file modified from `since_ns` (the walk's start) to `until_ns` (its end) is
+        added to `changes`: it may have changed before its directory was watched. A later
+        change has its event (or, lost to an overflow, the rescan finds it): counting it
+        here too would run its check twice.
         """
         done = 0
+        slice_end = time.perf_counter() + SLICE_S
         while self._unsnapped:
             reldir = self._unsnapped.pop()
             if reldir in self._dir_wd:
                 self.snapshot.put(reldir, scan_dir(self._root, reldir, self.rules, files=True,
-                                                   newer=(since_ns, changes))[1])
+                                                   newer=(since_ns, until_ns, changes))[1])
             done += 1
-            if done % WALK_SLICE == 0:
+            if time.perf_counter() >= slice_end:
                 yield done
+                slice_end = time.perf_counter() + SLICE_S
         yield done
 
     def rescan(self, changes: set[str]) -> Iterator[int]:
@@ -376,6 +381,7 @@ class Watcher:
         """Watch top and below; snapshot their files, adding differences to `changes`."""
         stack = [top]
         walked = 0
+        slice_end = time.perf_counter() + SLICE_S
         counting = False  # strict, after an ENOSPC: only counting what the project needs
         needed = 0
         while stack:
@@ -412,8 +418,9 @@ class Watcher:
                     changes.update(_join(reldir, n) for n in old.keys() - stamps.keys())
                 self.snapshot.put(reldir, stamps)
             walked += 1
-            if walked % WALK_SLICE == 0:
+            if time.perf_counter() >= slice_end:
                 yield walked
+                slice_end = time.perf_counter() + SLICE_S
         if counting:
             raise WatchLimitError(self.watch_count + needed)
         yield walked

@@ -83,6 +83,7 @@ class Daemon:
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._walker: asyncio.Task[None] | None = None
         self._rescan_wanted = False
+        self._event_pending = False  # changes dispatched: walks let their runs start first
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
 
@@ -188,6 +189,7 @@ class Daemon:
             self._rescan_wanted = True
         if changes:
             self._dispatch(changes)
+            self._event_pending = True
         self._start_walker()
 
     def _dispatch(self, changes: set[str], *, recheck_ignored: bool = False) -> None:
@@ -206,9 +208,17 @@ class Daemon:
             self.scheduler.changed(changes)
 
     async def _sliced(self, slices: Iterator[int]) -> bool:
-        """Run a walk a slice per turn of the loop; False when stopped meanwhile."""
+        """Run a walk a slice per turn of the loop; False when stopped meanwhile.
+
+        After an event, the walk skips two turns: its check's debounce timer (0 ms) fires
+        in the next one and the run starts in the one after, before the next slice.
+        """
         for _ in slices:
             await asyncio.sleep(0)
+            while self._event_pending:
+                self._event_pending = False
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
             if self._stop.is_set():
                 return False
         return True

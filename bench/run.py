@@ -1024,7 +1024,8 @@ def phase_after_ready(tool: Tool, ctx: Ctx, logdir: Path, stall: bool = False) -
     try:
         u0 = usage(r.proc.pid, with_watches=False)
         t0 = time.monotonic()
-        out: dict[str, Any] = {"ready_s": round(r.startup_s, 3)}
+        out: dict[str, Any] = {"ready_s": round(r.startup_s, 3), "loadavg_at_ready": " ".join(
+            (read_text("/proc/loadavg") or "").split()[:3])}
         reaction = phase_reaction(r, ctx, tool, AFTER_READY_EDITS)
         quiet = wait_quiet(r, ctx.scale.quiet_s, 300)
         u1 = usage(r.proc.pid, with_watches=False)
@@ -1347,20 +1348,20 @@ def targets(results: list[dict[str, Any]], tree: Tree) -> str:
 def after_ready_table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| Tool | Ready (s) | Reaction median (ms) | Reaction p99 (ms) | Runs per edit | "
-        "CPU ready → quiet (s) | Quiet after (s) | RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ready → quiet (s) | Quiet after (s) | RSS (MiB) | Load average at ready |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         a = r.get("after_ready")
         if not a:
             why = r.get("unavailable") or r.get("after_ready_error") or r.get("error") or "-"
-            rows.append(f"| {r['tool']} | not measured: {why} |" + " |" * 6)
+            rows.append(f"| {r['tool']} | not measured: {why} |" + " |" * 7)
             continue
         rows.append(
             f"| {r['tool']} | {a['ready_s']:.2f} | {fmt(a.get('reaction_median_ms'), '.2f')} | "
             f"{fmt(a.get('reaction_p99_ms'), '.2f')} | {a['runs_per_edit']:.2f} | "
             f"{a['cpu_ready_to_quiet_s']:.2f} | {fmt(a.get('quiet_after_ready_s'), '.1f')} | "
-            f"{a['rss_mib']:.1f} |"
+            f"{a['rss_mib']:.1f} | {a.get('loadavg_at_ready', '-')} |"
         )
     stall = next((r["loop_stall"] for r in results if "loop_stall" in r), None)
     if stall:
@@ -1453,12 +1454,13 @@ def report(
         f"## Workload\n\n- tree: {s.dirs:,} directories and {s.files:,} `*.txt` files, plus "
         f"`node_modules/` with {s.nm_dirs:,} directories and {s.nm_files:,} files (ignored); "
         f"{ctx.tree.dirs:,} directories to watch counting the root\n"
-        f"- reaction: {s.edits} single-file edits, one at a time\n"
-        f"- idle window: {s.idle_s:.0f} s\n"
-        f"- storm: {s.storm_files:,} files rewritten back to back; overflow storm: the same "
-        f"with `fs.inotify.max_queued_events = {s.small_queue}` while the tool starts and "
-        f"runs (restored afterwards); a tool is done when no check started for "
-        f"{s.quiet_s} s, waited for at most {s.drain_max_s:.0f} s after the last write\n",
+        + ("" if s is HUGE else
+           f"- reaction: {s.edits} single-file edits, one at a time\n"
+           f"- idle window: {s.idle_s:.0f} s\n"
+           f"- storm: {s.storm_files:,} files rewritten back to back; overflow storm: the same "
+           f"with `fs.inotify.max_queued_events = {s.small_queue}` while the tool starts and "
+           f"runs (restored afterwards); a tool is done when no check started for "
+           f"{s.quiet_s} s, waited for at most {s.drain_max_s:.0f} s after the last write\n"),
         *(full_parts if s is not HUGE else []),
         "## Right after ready\n",
         f"A fresh start of each tool; {AFTER_READY_EDITS} edits from the moment it is ready "

@@ -130,16 +130,20 @@ def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
         yield from (_join(reldir, name) for name in stamps)
 
 
+_NO_FILES = bytes(4)  # a packed directory without files (shared)
+
+
 class Snapshot:
     """The stamp of every visible file, by directory.
 
-    A directory not changed since it was walked is kept packed: its names in one
-    string, its stamps in one array, several times smaller than a dict of str -> int
-    (100,000 files: a few MB instead of about 15). It is unpacked on its first change.
+    A directory not changed since it was walked is kept packed in one bytes object:
+    its file count, its stamps, its names (100,000 files: about 3 MB, against about 15
+    for a dict of str -> int, and 4 for a string and an array per directory). It is
+    unpacked on its first change.
     """
 
     def __init__(self) -> None:
-        self._dirs: dict[str, dict[str, Stamp] | tuple[str, array[int]]] = {}
+        self._dirs: dict[str, dict[str, Stamp] | bytes] = {}
 
     def dirs(self) -> list[str]:
         return list(self._dirs)
@@ -150,11 +154,21 @@ class Snapshot:
             return {}
         if isinstance(entry, dict):
             return entry
-        names, stamps = entry
-        return dict(zip(names.split("\0"), stamps, strict=True)) if names else {}
+        count = int.from_bytes(entry[:4], "little")
+        if not count:
+            return {}
+        stamps = array("q")
+        stamps.frombytes(memoryview(entry)[4:4 + 8 * count])
+        names = entry[4 + 8 * count:].decode("utf-8", "surrogateescape").split("\0")
+        return dict(zip(names, stamps, strict=True))
 
     def put(self, reldir: str, files: dict[str, Stamp]) -> None:
-        self._dirs[reldir] = ("\0".join(files), array("q", files.values()))
+        if not files:
+            self._dirs[reldir] = _NO_FILES
+            return
+        self._dirs[reldir] = (len(files).to_bytes(4, "little")
+                              + array("q", files.values()).tobytes()
+                              + "\0".join(files).encode("utf-8", "surrogateescape"))
 
     def update(self, reldir: str, name: str, stamp: Stamp | None) -> None:
         files = self.get(reldir)

@@ -24,6 +24,7 @@ from daemon_proc import (
 
 from devloop.core.daemon_health import check_daemon_health
 from devloop.store import Store
+from devloop.watcher import Snapshot
 
 Start = Callable[..., DaemonProc]
 
@@ -198,3 +199,15 @@ def test_forget_files_is_one_transaction(tmp_path: Path) -> None:
     store.close()
     assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == [
         "BEGIN IMMEDIATE", "COMMIT"]
+
+
+def test_a_packed_snapshot_gives_back_every_name_and_stamp() -> None:
+    snap = Snapshot()
+    files = {"a.txt": 1, "x\udcffy": -(2**63), "new\nline": 2**63 - 1, " -z": 0}
+    snap.put("d", files)
+    snap.put("empty", {})
+    assert snap.get("d") == files
+    assert snap.get("empty") == {}
+    assert sorted(snap.files()) == sorted(f"d/{n}" for n in files)
+    snap.update("d", "a.txt", None)  # unpacked on its first change
+    assert snap.pop("d") == [n for n in files if n != "a.txt"]

@@ -23,6 +23,7 @@ from daemon_proc import (
 )
 
 from devloop.core.daemon_health import check_daemon_health
+from devloop.ignore import IgnoreRules
 from devloop.store import Store
 from devloop.watcher import Snapshot
 
@@ -211,3 +212,31 @@ def test_a_packed_snapshot_gives_back_every_name_and_stamp() -> None:
     assert sorted(snap.files()) == sorted(f"d/{n}" for n in files)
     snap.update("d", "a.txt", None)  # unpacked on its first change
     assert snap.pop("d") == [n for n in files if n != "a.txt"]
+
+
+def test_ignore_rules_agree_with_git_check_ignore(tmp_path: Path) -> None:
+    """Nested .gitignore files, with and without `!` lines, against the real git."""
+    root = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    layout = {
+        ".gitignore": "*.log\nbuild/\n/top.txt\n",
+        "a/.gitignore": "!keep.log\n*.tmp\n",
+        "a/b/.gitignore": "*.txt\n!want.txt\n",
+        "c/.gitignore": "data/\n",
+    }
+    for rel, text in layout.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    files = ["x.log", "top.txt", "a/top.txt", "a/keep.log", "a/other.log", "a/x.tmp",
+             "a/b/y.txt", "a/b/want.txt", "a/b/keep.log", "a/b/z.tmp", "c/data.txt",
+             "c/d/e.py", "build.txt"]
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    git = subprocess.run(["git", "-C", str(root), "check-ignore", "--stdin"],
+                         input="\n".join(files), capture_output=True, text=True)
+    ignored_by_git = set(git.stdout.split())
+    rules = IgnoreRules(root)
+    for d in ("", "a", "a/b", "c", "c/d"):
+        rules.load_dir(d, present=(root / d / ".gitignore").exists())
+    assert {f for f in files if rules.is_ignored(f, False)} == ignored_by_git

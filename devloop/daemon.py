@@ -199,7 +199,8 @@ class Daemon:
         ):
             self._request_reload()
             changes = changes - {EXCLUDE}  # only a rule file: not one of the project's files
-        gone = [c for c in changes if not os.path.lexists(self.root / c)]
+        root = str(self.root)  # joined as strings: a storm brings 10,000s of changes
+        gone = [c for c in changes if not os.path.lexists(f"{root}/{c}")]
         if gone:
             self._write(functools.partial(Store.forget_files, files=gone))
         if recheck_ignored:

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from devloop.findings import Finding
 from devloop.reaper import GroupLedger
 from devloop.runner import CheckRun
 from devloop.store import Run
+from devloop.watcher import SLICE_S
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,20 @@ def _digest(path: Path) -> bytes | None:
             return hashlib.file_digest(f, "blake2b").digest()
     except OSError:
         return None
+
+
+async def _select(items: Iterable[str], keep: Callable[[str], bool]) -> list[str]:
+    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S."""
+    kept = []
+    slice_end = time.perf_counter() + SLICE_S
+    for item in items:
+        if keep(item):
+            kept.append(item)
+        if time.perf_counter() >= slice_end:
+            await asyncio.sleep(0)
+            slice_end = time.perf_counter() + SLICE_S
+    kept.sort()
+    return kept
 
 
 class Scheduler:
@@ -251,17 +267,21 @@ class Scheduler:
         if state.task is not None:
             state.task.cancel()
 
-    def _take(self, state: _State) -> tuple[list[str], bool] | None:
-        """The files for the next run, or None when there is nothing to run it on."""
+    async def _take(self, state: _State) -> tuple[list[str], bool] | None:
+        """The files for the next run, or None when there is nothing to run it on.
+
+        Sliced: the whole project, or a storm's pending set, is 10,000s of files.
+        """
         whole, pending = state.whole, state.pending
         state.whole, state.pending, state.pending_since = False, set(), None
         check = state.check
         if whole:
-            files = sorted(f for f in self.all_files() if check.matches(f))
+            files = await _select(self.all_files(), check.matches)
             if check.takes_files and not files:
                 return None
             return files, True
-        existing = sorted(p for p in pending if os.path.lexists(self.root / p))
+        root = str(self.root)  # joined as strings, faster than pathlib
+        existing = await _select(pending, lambda p: os.path.lexists(f"{root}/{p}"))
         if check.takes_files and not existing:
             return None  # only deletions: the caller already dropped their findings
         return existing, False
@@ -302,7 +322,7 @@ class Scheduler:
         try:
             while True:
                 async with self._sem:
-                    taken = self._take(state)
+                    taken = await self._take(state)
                     if taken is None:
                         break
                     files, whole = taken

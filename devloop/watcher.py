@@ -292,15 +292,24 @@ class Watcher:
             else:
                 yield from self._walk(rel, changes)
 
-    def read_events(self) -> tuple[set[str], bool]:
-        """Read the inotify fd: (changed paths, whether the queue overflowed)."""
+    def read_events(self, drain: bool = False) -> tuple[set[str], bool]:
+        """Read the inotify fd: (changed paths, whether the queue overflowed).
+
+        READ_BYTES at most, so that a storm's backlog is read over several turns of the
+        loop; drain=True reads everything queued.
+        """
         changes: set[str] = set()
         overflow = False
-        try:  # a bounded read: a storm's backlog is read over several turns of the loop
-            data = os.read(self.fileno(), READ_BYTES)
-        except BlockingIOError:
-            data = b""
-        for ev in parse_events(data):
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.fileno(), READ_BYTES)
+            except BlockingIOError:
+                break
+            chunks.append(chunk)
+            if not (drain and chunk):
+                break
+        for ev in parse_events(b"".join(chunks)):
             mask = ev.mask
             if mask & flags.Q_OVERFLOW:
                 overflow = self._overflowed = True

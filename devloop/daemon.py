@@ -39,6 +39,7 @@ from devloop.ignore import EXCLUDE, IgnoreRules
 from devloop.scheduler import Scheduler
 from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
+from devloop.tools import mypy as mypy_tool
 from devloop.watcher import Watcher, WatchLimitError
 
 log = logging.getLogger("devloop")
@@ -134,6 +135,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         reaper.become_subreaper()
         self.ledger.kill_leftovers()
+        mypy_tool.servers.enable(self.ledger)  # tool servers live as long as the daemon
         walk_started_ns = time.time_ns()  # mtimes are compared with it, less 50 ms (coarse)
         try:
             if not await self._initial_walk():
@@ -209,6 +211,7 @@ class Daemon:
         loop.remove_reader(self.watcher.fileno())
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await mypy_tool.servers.stop()
         reaper.reap_orphans()
         self.watcher.close()
         daemon_health.remove_heartbeat(self.state_dir)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import pathspec
 
+from devloop import safeio
 from devloop.errors import EX_CONFIG, DevloopError
 from devloop.ignore import compile_spec, matchable
 
@@ -174,11 +175,16 @@ def _textfile(where: str, value: object) -> Path | None:
     return Path(value)
 
 
-def load(root: Path) -> Config:
-    """The project's config, or the built-in defaults when it has none."""
+def load(root: Path, *, follow_symlinks: bool = True) -> Config:
+    """The project's config, or the built-in defaults when it has none.
+
+    Never blocks (a FIFO is refused, not read) and never reads more than 1 MiB; a
+    reader acting for another user (service install, update-hooks) passes
+    follow_symlinks=False.
+    """
     path = root / CONFIG_NAME
     try:
-        raw = path.read_bytes()
+        raw = safeio.read_regular(path, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
         return Config(checks=default_checks(root))
     except OSError as exc:

@@ -13,6 +13,8 @@ HOOK = """#!/bin/sh
 # daemon stored after the files' last change is used as it is); a failing check blocks
 # the commit. Skip it once with: git commit --no-verify
 DEVLOOP=${{DEVLOOP:-{exe}}}
+command -v "${{DEVLOOP%% *}}" >/dev/null || {{ echo "devloop: ${{DEVLOOP%% *}} is missing: \
+reinstall devloop and run 'devloop update-hooks', or delete $0" >&2; exit 1; }}
 cd {subdir} || exit 1
 git diff --cached --name-only --diff-filter=ACMR -z{relative} |
     xargs -0 -r $DEVLOOP run . --reuse-fresh --files && exit 0
@@ -30,17 +32,25 @@ def _git(project: Path, *args: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def hook_path(project: Path) -> Path | None:
-    """Where git looks for the pre-commit hook (core.hooksPath aware); None: not a repo."""
-    rel = _git(project, "rev-parse", "--git-path", "hooks/pre-commit")
-    return None if rel is None else (project / rel).resolve()
+def hook_paths(project: Path) -> tuple[Path, Path] | None:
+    """(the repository's own .git/hooks/pre-commit, the one git runs); None: not a repo.
+
+    They differ when core.hooksPath is set: update-hooks then writes nothing (the hooks
+    directory may be anywhere, and root must not write there).
+    """
+    out = _git(project, "rev-parse", "--path-format=absolute", "--git-common-dir",
+               "--git-path", "hooks/pre-commit")
+    if out is None or len(out.splitlines()) != 2:
+        return None
+    common, used = out.splitlines()
+    return Path(common) / "hooks" / "pre-commit", Path(used)
 
 
-def hook_text(project: Path, executable: str) -> str:
+def hook_text(project: Path, command: list[str]) -> str:
     top = _git(project, "rev-parse", "--show-toplevel") or str(project)
     sub = project.resolve().relative_to(Path(top).resolve()).as_posix()
     return HOOK.format(
-        header=installed.header(), exe=shlex.quote(executable),
+        header=installed.header(), exe=shlex.quote(shlex.join(command)),
         subdir='"$(git rev-parse --show-toplevel)"' + (f"/{shlex.quote(sub)}" if sub != "."
                                                        else ""),
         relative=f" --relative={shlex.quote(sub)}" if sub != "." else "")

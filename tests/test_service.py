@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Iterator
@@ -14,12 +15,16 @@ from ops_helpers import REPO, devloop, devloop_exe, make_project
 sys.path.insert(0, str(REPO / "tests" / "systemd"))
 import systemd_harness as h  # the systemd helper's harness, tests/systemd/
 
+# the tests own their projects; as root, the daemon would run as root: say it is meant
+AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
+
 
 def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", "[checks.a]\ncommand = [\"true\"]\n"
                            "patterns = [\"*\"]\n")
     root = tmp_path / "root"
-    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
+                *AS_ROOT)
     assert r.returncode == 0, r.stderr
     unit_dir = root / "etc" / "systemd" / "system"
     template = unit_dir / "devloop@.service"
@@ -28,11 +33,12 @@ def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
     assert template.read_text().split("\n", 1)[1] == shipped
     assert template.read_text().startswith("# installed by devloop ")
     text = dropin.read_text()
-    assert f"Environment=DEVLOOP_PROJECT_DIR={project}\n" in text
-    assert f"ReadWritePaths=-{project}/.devloop\n" in text
-    assert f"ExecStart=\nExecStart={devloop_exe()} watch --foreground " in text
+    assert f'Environment="DEVLOOP_PROJECT_DIR={project}"\n' in text
+    assert f'ReadWritePaths="-{project}/.devloop"\n' in text
+    assert f'ExecStart=\nExecStart="{devloop_exe()}" watch --foreground ' in text
     assert "systemctl enable --now devloop@proj.service" in r.stdout
-    again = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    again = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
+                    *AS_ROOT)
     assert again.stdout.count("unchanged") == 2
 
     # uninstall: refuses while enabled, then removes exactly what it wrote
@@ -52,14 +58,15 @@ def test_print_writes_nothing_and_foreign_files_stay(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", "")
     root = tmp_path / "root"
     r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
-                "--print", "--user-unit")
+                "--print", "--user-unit", *AS_ROOT)
     assert r.returncode == 0, r.stderr
     assert "would be created" in r.stdout and "[Service]" in r.stdout
     assert not root.exists()
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True)
     (unit_dir / "devloop@.service").write_text("[Service]\nExecStart=/bin/true\n")
-    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root))
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
+                *AS_ROOT)
     assert r.returncode == 0 and "left alone" in r.stdout
     assert (unit_dir / "devloop@.service").read_text() == "[Service]\nExecStart=/bin/true\n"
     r = devloop("service", "uninstall", "proj", "--root", str(root))

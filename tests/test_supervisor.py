@@ -168,7 +168,7 @@ patterns = ["*.txt"]
     root = tmp_path / "root"
     me = pwd.getpwuid(os.geteuid()).pw_name
     r = devloop("service", "install", "alpha", "--supervisor", "--dir", str(project),
-                "--user", me, "--root", str(root))
+                "--user", me, "--root", str(root), *(["--allow-root"] if me == "root" else []))
     assert r.returncode == 0, r.stderr
     conf = root / "etc" / "supervisor" / "conf.d" / "devloop-alpha.conf"
     assert f"created    {conf}" in r.stdout and "supervisorctl update devloop-alpha" in r.stdout

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from ops_helpers import devloop, make_project
+
+AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
 
 TOML = """[checks.syntax]
 command = ["python3", "-m", "devloop.pysyntax", "{files}"]
@@ -77,7 +80,7 @@ def test_refreshes_installed_units_and_supervisor_programs(tmp_path: Path) -> No
     root = tmp_path / "root"
     for extra in ((), ("--supervisor",)):
         r = devloop("service", "install", "p", "--dir", str(project), "--root", str(root),
-                    *extra)
+                    *extra, *AS_ROOT)
         assert r.returncode == 0, r.stderr
     unit_dir = root / "etc" / "systemd" / "system"
     template = unit_dir / "devloop@.service"

@@ -117,7 +117,7 @@ def test_installed_files_run_under_real_systemd(nested: h.NestedSystemd) -> None
     assert "$ systemctl enable --now devloop@svc.service" in r.stdout
     dropin = sd.run(["cat", f"{h.UNIT_DIR_NS}/devloop@svc.service.d/instance.conf"]).stdout
     assert f"User={h.USER}\n" in dropin  # the owner of --dir
-    assert f"ExecStart={exe} watch --foreground" in dropin
+    assert f'ExecStart="{exe}" watch --foreground' in dropin
     shown = sd.show("devloop@svc.service", "ActiveState", "User", "MainPID", "DropInPaths")
     assert shown["ActiveState"] == "active" and shown["User"] == h.USER
     h.wait_for(lambda: sd.as_user(h.USER, [exe, "daemon-status", project], check=False)

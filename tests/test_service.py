@@ -15,6 +15,7 @@ from ops_helpers import REPO, devloop, devloop_exe, make_project
 sys.path.insert(0, str(REPO / "tests" / "systemd"))
 import systemd_harness as h  # the systemd helper's harness, tests/systemd/
 
+UID = 47113
 # the tests own their projects; as root, the daemon would run as root: say it is meant
 AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
 
@@ -99,7 +100,9 @@ def nested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.NestedSystemd
         sd.run(["/usr/bin/python3", "-m", "venv", h.VENV])
         sd.run([f"{h.VENV}/bin/pip", "install", "-q", "--disable-pip-version-check",
                 f"{h.WHEEL_DIR_NS}/{wheel.name}"], timeout=900)
-        sd.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", h.USER])
+        # a fixed high uid: a host user of the same uid would share limits and signals
+        sd.run(["useradd", "-u", str(UID), "--create-home", "--user-group", "--shell",
+                "/bin/sh", h.USER])
         yield sd
     finally:
         sd.stop()
@@ -132,3 +135,117 @@ def test_installed_files_run_under_real_systemd(nested: h.NestedSystemd) -> None
                   check=False).stdout
     assert "devloop" not in left, left
     assert not pathlib.Path("/etc/systemd/system/devloop@svc.service.d").exists()  # host: no
+
+
+EXE = f"{h.VENV}/bin/devloop"
+
+
+@pytest.mark.systemd
+def test_paths_with_space_percent_quote_backslash_run_under_real_systemd(
+        nested: h.NestedSystemd) -> None:
+    """Every value that needs quoting or escaping, loaded and run by systemd itself."""
+    sd = nested
+    project = f"{h.HOME}/dev/we ird %n 'q\" \\b"
+    metrics_dir = f"{h.HOME}/m %i"
+    sd.as_user(h.USER, ["mkdir", "-p", project, metrics_dir])
+    sd.write_file(f"{project}/devloop.toml", "heartbeat_interval = 1\n"
+                  f'metrics_textfile = "{metrics_dir}/x.prom"\n'
+                  '[checks.ok]\ncommand = ["true"]\npatterns = ["*.txt"]\n', owner=h.USER)
+    exe = "/opt/dev loop %h/devloop"  # a space and a specifier in ExecStart='s path
+    sd.run(["mkdir", "-p", "/opt/dev loop %h"])
+    sd.run(["ln", "-s", EXE, exe])
+    r = sd.run([EXE, "service", "install", "weird", "--dir", project, "--executable", exe,
+                "--now"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        shown = sd.show("devloop@weird.service", "ActiveState", "Description", "User")
+        assert shown == {"ActiveState": "active", "User": h.USER,
+                         "Description": f"DevLoop checks for {project}"}, shown
+        h.wait_for(lambda: sd.as_user(h.USER, [EXE, "daemon-status", project], check=False)
+                   .returncode == 0, what="HEALTHY")  # .devloop writable: ReadWritePaths= ok
+        h.wait_for(lambda: sd.run(["test", "-s", f"{metrics_dir}/x.prom"], check=False)
+                   .returncode == 0, what="the metrics textfile")
+        argv = sd.run(["cat", f"/proc/{sd.show('devloop@weird.service', 'MainPID')['MainPID']}"
+                       "/cmdline"]).stdout.split("\0")
+        assert argv[-3:-1] == ["--foreground", project], argv
+    finally:
+        r = sd.run([EXE, "service", "uninstall", "weird", "--now"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _alice_owns_nothing_in_etc(sd: h.NestedSystemd) -> None:
+    found = sd.run(["find", "/etc", "-xdev", "-user", h.USER]).stdout
+    assert found == "", found
+
+
+@pytest.mark.systemd
+@pytest.mark.parametrize("link, target", [
+    (".config", "/etc"),
+    (".config/systemd", "/etc/systemd"),
+    (".config/systemd/user", "/etc/systemd/system"),
+    (".config/systemd/user/devloop@lnk.service.d", "/etc/systemd/system"),
+    (".config/systemd/user/devloop@.service", "/etc/victim.conf"),
+    (".config/systemd/user/devloop@lnk.service.d/instance.conf", "/etc/victim.conf"),
+])
+def test_root_never_writes_a_user_unit_through_the_users_symlinks(
+        nested: h.NestedSystemd, link: str, target: str) -> None:
+    """alice plants a symlink at one level of ~/.config/systemd/user/...; root installs
+    and uninstalls her user unit. Before: root wrote (and chowned to alice) files in
+    /etc/systemd/system, or removed a file there."""
+    sd = nested
+    victim = "# installed by devloop 0.0.1: a root file with devloop's mark\n"
+    sd.write_file("/etc/victim.conf", victim)
+    sd.write_file("/etc/systemd/system/instance.conf", victim)
+    project = f"{h.HOME}/dev/lnk"
+    sd.as_user(h.USER, ["rm", "-rf", f"{h.HOME}/.config"])
+    sd.as_user(h.USER, ["mkdir", "-p", project, f"{h.HOME}/{link}".rsplit("/", 1)[0]])
+    sd.as_user(h.USER, ["ln", "-s", target, f"{h.HOME}/{link}"])
+    before = sd.run(["ls", "-lR", "/etc/systemd"]).stdout
+    r = sd.run([EXE, "service", "install", "lnk", "--user-unit", "--user", h.USER, "--dir",
+                project], check=False)
+    for action in ("install", "uninstall"):
+        assert "Traceback" not in r.stderr and r.returncode in (0, 73), r.stdout + r.stderr
+        assert sd.run(["ls", "-lR", "/etc/systemd"]).stdout == before, action
+        assert sd.run(["cat", "/etc/victim.conf"]).stdout == victim
+        assert sd.run(["cat", "/etc/systemd/system/instance.conf"]).stdout == victim
+        _alice_owns_nothing_in_etc(sd)
+        r = sd.run([EXE, "service", "uninstall", "lnk", "--user-unit", "--user", h.USER],
+                   check=False)
+    sd.run(["rm", "/etc/victim.conf", "/etc/systemd/system/instance.conf"])
+
+
+@pytest.mark.systemd
+def test_root_writes_a_user_unit_as_the_user(nested: h.NestedSystemd) -> None:
+    sd = nested
+    project = f"{h.HOME}/dev/mine"
+    sd.as_user(h.USER, ["rm", "-rf", f"{h.HOME}/.config"])
+    sd.as_user(h.USER, ["mkdir", "-p", project])
+    r = sd.run([EXE, "service", "install", "mine", "--user-unit", "--user", h.USER, "--dir",
+                project], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    owners = sd.run(["find", f"{h.HOME}/.config", "-printf", "%u %p\\n"]).stdout.splitlines()
+    assert len(owners) >= 5 and all(o.startswith(f"{h.USER} ") for o in owners), owners
+    r = sd.run([EXE, "service", "uninstall", "mine", "--user-unit", "--user", h.USER],
+               check=False)
+    assert r.returncode == 0 and "removed" in r.stdout, r.stdout + r.stderr
+    assert "devloop" not in sd.run(["find", f"{h.HOME}/.config"]).stdout
+
+
+@pytest.mark.systemd
+def test_root_writes_the_hook_as_the_repository_owner_and_never_via_hooks_path(
+        nested: h.NestedSystemd) -> None:
+    sd = nested
+    repo = f"{h.HOME}/dev/repo"
+    sd.as_user(h.USER, ["mkdir", "-p", repo])
+    sd.as_user(h.USER, ["git", "init", "-q", repo])
+    sd.run(["git", "config", "--system", "safe.directory", "*"])  # root's git trusts it
+    r = sd.run([EXE, "update-hooks", repo], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    hook = f"{repo}/.git/hooks/pre-commit"
+    assert sd.run(["stat", "-c", "%U", hook]).stdout.strip() == h.USER
+    sd.run(["mkdir", "-p", "/etc/hk"])
+    sd.as_user(h.USER, ["git", "-C", repo, "config", "core.hooksPath", "/etc/hk"])
+    r = sd.run([EXE, "update-hooks", repo], check=False)
+    assert r.returncode == 0 and "core.hooksPath" in r.stdout, r.stdout + r.stderr
+    assert sd.run(["ls", "-A", "/etc/hk"]).stdout == ""
+    sd.run(["git", "config", "--system", "--unset", "safe.directory"])

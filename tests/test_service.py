@@ -249,3 +249,53 @@ def test_root_writes_the_hook_as_the_repository_owner_and_never_via_hooks_path(
     assert r.returncode == 0 and "core.hooksPath" in r.stdout, r.stdout + r.stderr
     assert sd.run(["ls", "-A", "/etc/hk"]).stdout == ""
     sd.run(["git", "config", "--system", "--unset", "safe.directory"])
+
+
+def _user_manager(sd: h.NestedSystemd) -> list[str]:
+    """alice's real user manager (logind + linger), and the systemctl that drives it."""
+    for unit in ("user@.service", "user-runtime-dir@.service", "systemd-logind.service"):
+        sd.run(["ln", "-sf", f"/lib/systemd/system/{unit}", f"{h.UNIT_DIR_NS}/{unit}"])
+    sd.run(["ln", "-sf", "/lib/systemd/system/systemd-logind.service",
+            f"{h.UNIT_DIR_NS}/dbus-org.freedesktop.login1.service"])
+    sd.systemctl("daemon-reload")
+    sd.run(["loginctl", "enable-linger", h.USER])
+    ctl = ["systemctl", "--user", "-M", f"{h.USER}@", "--no-pager"]
+    h.wait_for(lambda: sd.run([*ctl, "is-system-running"], check=False).stdout.strip()
+               in ("running", "degraded"), what="alice's user manager")
+    return ctl
+
+
+@pytest.mark.systemd
+def test_user_units_hand_copied_and_installed_keep_working(nested: h.NestedSystemd) -> None:
+    """The README's hand-copy flow starts; uninstalling one instance keeps the others."""
+    sd = nested
+    ctl = _user_manager(sd)
+    toml = '[checks.ok]\ncommand = ["true"]\npatterns = ["*.txt"]\n'
+    for name in ("hand", "probe", "proj"):
+        sd.write_file(f"{h.HOME}/dev/{name}/devloop.toml", toml, owner=h.USER)
+    # docs/systemd.md: a venv at ~/.devloop (here a link to the one the fixture built:
+    # the same files), the template copied as it is, no drop-in
+    sd.as_user(h.USER, ["ln", "-sfn", h.VENV, f"{h.HOME}/.devloop"])
+    sd.as_user(h.USER, ["install", "-Dm0644", f"{h.VENV}/share/devloop/units/user/"
+                        "devloop@.service", f"{h.HOME}/.config/systemd/user/devloop@.service"])
+    sd.run([*ctl, "daemon-reload"])
+    sd.run([*ctl, "start", "devloop@hand.service"])
+    h.wait_for(lambda: sd.as_user(h.USER, [EXE, "daemon-status", f"{h.HOME}/dev/hand"],
+                                  check=False).returncode == 0, what="hand-copied HEALTHY")
+    sd.run([*ctl, "stop", "devloop@hand.service"])
+    sd.as_user(h.USER, ["rm", f"{h.HOME}/.config/systemd/user/devloop@.service"])
+
+    for name in ("probe", "proj"):
+        r = sd.run([EXE, "service", "install", name, "--user-unit", "--user", h.USER, "--dir",
+                    f"{h.HOME}/dev/{name}", "--now"], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+    dropin = f"{h.HOME}/.config/systemd/user/devloop@proj.service.d/instance.conf"
+    sd.as_user(h.USER, ["sed", "-i", "1d", dropin])  # her own now: the mark line removed
+    r = sd.run([EXE, "service", "uninstall", "probe", "--user-unit", "--user", h.USER, "--now"],
+               check=False)
+    assert r.returncode == 0 and "kept" in r.stdout, r.stdout + r.stderr
+    sd.run([*ctl, "restart", "devloop@proj.service"])
+    assert sd.run([*ctl, "is-active", "devloop@proj.service"]).stdout.strip() == "active"
+    desc = sd.run([*ctl, "show", "-p", "Description", "devloop@proj.service"]).stdout
+    assert desc.strip() == f"Description=DevLoop checks for {h.HOME}/dev/proj"
+    sd.run([*ctl, "disable", "--now", "devloop@proj.service"])

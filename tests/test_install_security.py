@@ -70,7 +70,8 @@ def test_the_injection_planted_after_install_is_refused_by_update_hooks(tmp_path
     assert "/tmp/pwn" not in _all_text(root)
 
 
-@pytest.mark.parametrize("name", ["new\nline", "carriage\rreturn", "tab\there", "bell\x07"])
+@pytest.mark.parametrize("name", ["new\nline", "carriage\rreturn", "tab\there", "bell\x07",
+                                  "not-utf8-\udcff", "line\u2028separator"])
 def test_a_project_path_with_a_control_character_is_refused(tmp_path: Path, name: str) -> None:
     project = make_project(tmp_path / name, TOML)
     root = tmp_path / "root"
@@ -135,6 +136,12 @@ def test_a_fifo_as_devloop_toml_hangs_nothing(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     run = devloop("run", str(project))
     assert run.returncode == 78 and "not a regular file" in run.stderr
+
+
+def test_a_huge_devloop_toml_is_refused_not_read(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", "# x\n" * (1 << 19))  # 2 MiB of comments
+    run = devloop("run", str(project))
+    assert run.returncode == 78 and "larger than" in run.stderr and _one_line(run)
 
 
 def test_a_symlinked_devloop_toml_is_not_followed_by_service_install(tmp_path: Path) -> None:

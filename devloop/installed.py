@@ -65,7 +65,9 @@ class Change:
         return cls(str(data[0]), Path(str(data[1])), str(data[2]))
 
     def __str__(self) -> str:
-        return f"{self.action:10s} {self.path}{f' ({self.note})' if self.note else ''}"
+        line = f"{self.action:10s} {self.path}{f' ({self.note})' if self.note else ''}"
+        # names found in a user's directory reach root's terminal: no escape sequences
+        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
 
 
 def left_alone(path: Path) -> Change:

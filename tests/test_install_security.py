@@ -296,3 +296,13 @@ def test_no_doc_installs_devloop_by_name() -> None:
     docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     bad = {str(d.relative_to(REPO)): bare_installs(d.read_text()) for d in docs}
     assert not {k: v for k, v in bad.items() if v}, bad
+
+
+def test_names_found_in_a_directory_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", TOML)
+    root = tmp_path / "root"
+    assert _install(project, root).returncode == 0
+    (root / "etc/systemd/system/devloop@\x1b]0;pwn\x07.service.d").mkdir()
+    r = devloop("service", "uninstall", "p", "--root", str(root))
+    assert r.returncode == 0 and "kept" in r.stdout, r.stdout
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\\x1b]0;pwn" in r.stdout

@@ -109,7 +109,10 @@ def _hook(project: Path, command: list[str], dry_run: bool) -> list[list[str]]:
                           dry_run=dry_run).as_list()]
 
 
-def _owner(path: Path) -> pwd.struct_passwd:
+def _owner(path: Path) -> pwd.struct_passwd | None:
+    """Who writes the hook: root acts as the repository's owner (None: not root)."""
+    if os.geteuid() != 0:
+        return None
     uid = path.stat().st_uid
     try:
         return pwd.getpwuid(uid)

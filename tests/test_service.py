@@ -298,4 +298,14 @@ def test_user_units_hand_copied_and_installed_keep_working(nested: h.NestedSyste
     assert sd.run([*ctl, "is-active", "devloop@proj.service"]).stdout.strip() == "active"
     desc = sd.run([*ctl, "show", "-p", "Description", "devloop@proj.service"]).stdout
     assert desc.strip() == f"Description=DevLoop checks for {h.HOME}/dev/proj"
-    sd.run([*ctl, "disable", "--now", "devloop@proj.service"])
+    # an instance started by hand, with no drop-in and not enabled, also keeps it
+    sd.run([*ctl, "start", "devloop@hand.service"])
+    sd.as_user(h.USER, ["rm", "-r", f"{h.HOME}/.config/systemd/user/devloop@proj.service.d"])
+    r = sd.run([EXE, "service", "uninstall", "proj", "--user-unit", "--user", h.USER, "--now"],
+               check=False)
+    assert r.returncode == 0 and "devloop@hand.service (loaded)" in r.stdout, r.stdout
+    sd.run([*ctl, "restart", "devloop@hand.service"])
+    sd.run([*ctl, "stop", "devloop@hand.service"])
+    r = sd.run([EXE, "service", "uninstall", "proj", "--user-unit", "--user", h.USER],
+               check=False)
+    assert r.returncode == 0 and "removed" in r.stdout, r.stdout + r.stderr

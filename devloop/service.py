@@ -128,7 +128,8 @@ def template_text(kind: str) -> str:
 
 def _extra_writable(inst: Instance) -> list[str]:
     """The metrics textfile's directory, when the project asks for one (the sandbox is
-    read-only elsewhere). devloop.toml is the project's: read as its owner."""
+    read-only elsewhere). devloop.toml is the project's: read as the daemon's user,
+    never as root."""
     def textfile_dir() -> list[str]:
         try:
             cfg = config.load(inst.project, follow_symlinks=False)
@@ -174,8 +175,7 @@ def supervisor_text(inst: Instance) -> str:
             line = f"[program:{inst.program}]"
         elif key == "command":
             line = "command=" + unitsafe.supervisor_command(
-                [*inst.command, "watch", "--foreground", unitsafe.check_path(
-                    "project directory", d)])
+                [*inst.command, "watch", "--foreground", d])
         elif key == "directory":
             line = "directory=" + unitsafe.supervisor_value("project directory", d)
         elif key == "user":

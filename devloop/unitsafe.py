@@ -73,9 +73,14 @@ def systemd_path(what: str, path: str, prefix: str = "") -> str:
 
 
 def systemd_exec(argv: list[str]) -> str:
-    """ExecStart='s command: argv[0] an absolute path; no `$` (argv[0] is not expanded,
-    the arguments are, so no escape means the same in both)."""
+    """ExecStart='s command: argv[0] an absolute path without quotes or backslashes
+    (systemd refuses those: "Executable name contains special characters"); no `$`
+    anywhere (argv[0] is not expanded, the arguments are: no escape means the same in
+    both)."""
     check_path("executable", argv[0])
+    if any(c in argv[0] for c in "'\"\\"):
+        raise _refuse("executable", argv[0], "holds a quote or a backslash (systemd "
+                      "refuses them in an executable's path)")
     for word in argv:
         if "$" in word:
             raise _refuse("executable", " ".join(argv), "holds a '$'")

@@ -81,7 +81,8 @@ def test_a_project_path_with_a_control_character_is_refused(tmp_path: Path, name
     assert not root.exists()
 
 
-@pytest.mark.parametrize("exe", ["/opt/dl$HOME/devloop", "relative/devloop", "/opt/a/../devloop"])
+@pytest.mark.parametrize("exe", ["/opt/dl$HOME/devloop", "relative/devloop", "/opt/a/../devloop",
+                                 "/opt/it's/devloop", '/opt/a"b/devloop', "/opt/a\\b/devloop"])
 def test_an_executable_no_unit_can_hold_is_refused(tmp_path: Path, exe: str) -> None:
     project = make_project(tmp_path / "proj", TOML)
     r = _install(project, tmp_path / "root", "--executable", exe)

@@ -151,8 +151,9 @@ def test_paths_with_space_percent_quote_backslash_run_under_real_systemd(
     sd.write_file(f"{project}/devloop.toml", "heartbeat_interval = 1\n"
                   f'metrics_textfile = "{metrics_dir}/x.prom"\n'
                   '[checks.ok]\ncommand = ["true"]\npatterns = ["*.txt"]\n', owner=h.USER)
-    exe = "/opt/dev loop %h/devloop"  # a space and a specifier in ExecStart='s path
-    sd.run(["mkdir", "-p", "/opt/dev loop %h"])
+    bindir = "/opt/dev loop %h"  # ExecStart='s path (systemd refuses quotes, backslashes)
+    exe = f"{bindir}/devloop"
+    sd.run(["mkdir", "-p", bindir])
     sd.run(["ln", "-s", EXE, exe])
     r = sd.run([EXE, "service", "install", "weird", "--dir", project, "--executable", exe,
                 "--now"], check=False)

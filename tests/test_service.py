@@ -216,6 +216,28 @@ def test_root_never_writes_a_user_unit_through_the_users_symlinks(
 
 
 @pytest.mark.systemd
+def test_a_symlink_raced_in_during_install_leads_nowhere(nested: h.NestedSystemd) -> None:
+    """alice swaps ~/.config/systemd/user between a directory and a symlink to
+    /etc/systemd/system as fast as she can while root installs and uninstalls."""
+    sd = nested
+    project = f"{h.HOME}/dev/race"
+    sd.as_user(h.USER, ["rm", "-rf", f"{h.HOME}/.config"])
+    sd.as_user(h.USER, ["mkdir", "-p", project, f"{h.HOME}/.config/systemd"])
+    before = sd.run(["ls", "-lR", "/etc/systemd"]).stdout
+    loop = ("cd ~/.config/systemd && while :; do rm -rf user; mkdir -p user; rm -rf user; "
+            "ln -s /etc/systemd/system user; done")
+    sd.sh(f"setpriv --reuid={h.USER} --regid={h.USER} --init-groups env HOME={h.HOME} "
+          f"timeout 30 sh -c '{loop}' </dev/null >/dev/null 2>&1 &")
+    for _ in range(15):
+        for action in (["install", "race", "--dir", project], ["uninstall", "race"]):
+            r = sd.run([EXE, "service", *action, "--user-unit", "--user", h.USER],
+                       check=False)
+            assert "Traceback" not in r.stderr and r.returncode in (0, 73), r.stderr
+    assert sd.run(["ls", "-lR", "/etc/systemd"]).stdout == before
+    _alice_owns_nothing_in_etc(sd)
+
+
+@pytest.mark.systemd
 def test_root_writes_a_user_unit_as_the_user(nested: h.NestedSystemd) -> None:
     sd = nested
     project = f"{h.HOME}/dev/mine"

@@ -126,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
     root = args.root or Path("/")
     command = service.devloop_executable()
     failed = EX_OK
-    changes = [installed.Change.from_list(c) for c in installed.run_as(
-        _owner(project), lambda: _hook(project, command, args.dry_run))]
+    changes: list[installed.Change] = []
+    try:
+        changes += [installed.Change.from_list(c) for c in installed.run_as(
+            _owner(project), lambda: _hook(project, command, args.dry_run))]
+    except DevloopError as exc:  # the units are still refreshed
+        print(f"error      {exc.message}")
+        failed = exc.code
     instances, templates, alone = _scan(root, command)
     files = dict(templates)
     writers: dict[Path, service.Instance] = {}

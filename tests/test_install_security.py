@@ -164,6 +164,15 @@ def test_a_root_owned_project_needs_allow_root(tmp_path: Path) -> None:
     assert "User=root\n" in _dropin(root).read_text()
 
 
+def test_a_project_of_a_uid_without_a_name_is_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    project = make_project(tmp_path / "proj", TOML)
+    os.chown(project, 54321, 54321)  # no passwd entry
+    r = devloop("service", "install", "p", "--dir", str(project), "--root", str(tmp_path / "r"))
+    assert r.returncode == 67 and _one_line(r) and "uid 54321" in r.stderr, r.stderr
+
+
 # -- the git hook --------------------------------------------------------------------------
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from devloop import installed, service
 from devloop.commands import Subparsers, project_root
-from devloop.errors import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, DevloopError
+from devloop.errors import EX_CANTCREAT, EX_NOUSER, EX_OK, EX_TEMPFAIL, DevloopError
 
 ROOT_ENV = "DEVLOOP_INSTALL_ROOT"
 
@@ -78,9 +78,18 @@ def _show(cmds: list[list[str]], heading: str) -> None:
             print(f"  {service.shell(cmd)}")
 
 
+def _owner_name(project: Path) -> str:
+    uid = project.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise DevloopError(f"{project} belongs to uid {uid}, which has no user name: "
+                           "name the daemon's user with --user", EX_NOUSER) from None
+
+
 def install(args: argparse.Namespace) -> int:
     project = project_root(args.dir)
-    user = args.user or pwd.getpwuid(project.stat().st_uid).pw_name
+    user = args.user or _owner_name(project)
     inst = service.make(_kind(args), args.name, project, user,
                         [args.executable] if args.executable else None, args.root,
                         allow_root=args.allow_root)

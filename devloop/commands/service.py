@@ -12,8 +12,6 @@ from devloop import installed, service
 from devloop.commands import Subparsers, project_root
 from devloop.errors import EX_CANTCREAT, EX_NOUSER, EX_OK, EX_TEMPFAIL, DevloopError
 
-ROOT_ENV = "DEVLOOP_INSTALL_ROOT"
-
 
 def add_parser(sub: Subparsers) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -47,8 +45,8 @@ def add_parser(sub: Subparsers) -> None:
                        "supervisorctl commands")
         a.add_argument("--print", action="store_true", dest="dry_run",
                        help="show the files and commands; change nothing")
-        a.add_argument("--root", type=Path, default=os.environ.get(ROOT_ENV) or None,
-                       help=f"write under this directory instead of / (tests; ${ROOT_ENV})")
+        a.add_argument("--root", type=Path, help="write under this directory instead of / "
+                       "(tests)")
         a.set_defaults(func=run)
 
 

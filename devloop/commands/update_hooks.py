@@ -15,7 +15,6 @@ from pathlib import Path
 
 from devloop import hooks, installed, service, unitsafe
 from devloop.commands import Subparsers, add_dir_argument, project_root
-from devloop.commands.service import ROOT_ENV
 from devloop.errors import EX_NOUSER, EX_OK, DevloopError
 
 
@@ -31,8 +30,7 @@ def add_parser(sub: Subparsers) -> None:
     add_dir_argument(p)
     p.add_argument("--print", action="store_true", dest="dry_run",
                    help="say what would change; change nothing")
-    p.add_argument("--root", type=Path, default=os.environ.get(ROOT_ENV) or None,
-                   help=f"look under this directory instead of / (tests; ${ROOT_ENV})")
+    p.add_argument("--root", type=Path, help="look under this directory instead of / (tests)")
     p.set_defaults(func=run)
 
 

@@ -129,6 +129,8 @@ def run_as(account: pwd.struct_passwd | None, fn: Callable[[], T]) -> T:
         os.close(rfd)
         try:
             os.chdir("/")
+            for var in [v for v in os.environ if v.startswith(("XDG_", "GIT_"))]:
+                del os.environ[var]  # root's: git as the user would read root's config
             os.environ.update(HOME=account.pw_dir, USER=account.pw_name,
                               LOGNAME=account.pw_name)
             os.initgroups(account.pw_name, account.pw_gid)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from ops_helpers import REPO, devloop, make_project
+from test_update_hooks import git
 
 AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
 TOML = '[checks.a]\ncommand = ["true"]\npatterns = ["*.py"]\n'
@@ -175,18 +176,12 @@ def test_a_project_of_a_uid_without_a_name_is_one_line(tmp_path: Path) -> None:
 
 # -- the git hook --------------------------------------------------------------------------
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.com",
-                           "-c", "user.name=t", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
-
-
 def test_hooks_path_outside_the_repository_is_not_written(tmp_path: Path) -> None:
     repo = make_project(tmp_path / "repo", TOML)
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    _git(repo, "config", "core.hooksPath", str(elsewhere))
+    git(repo, "config", "core.hooksPath", str(elsewhere))
     r = devloop("update-hooks", str(repo))
     assert r.returncode == 0, r.stderr
     assert "left alone" in r.stdout and "core.hooksPath" in r.stdout
@@ -196,14 +191,12 @@ def test_hooks_path_outside_the_repository_is_not_written(tmp_path: Path) -> Non
 
 def test_the_hook_says_in_one_line_when_devloop_is_missing(tmp_path: Path) -> None:
     repo = make_project(tmp_path / "repo", TOML)
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     assert devloop("update-hooks", str(repo)).returncode == 0
     (repo / "a.py").write_text("x = 1\n")
-    _git(repo, "add", "a.py")
+    git(repo, "add", "a.py")
     env = {**os.environ, "DEVLOOP": str(tmp_path / "uninstalled" / "devloop")}
-    r = subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c",
-                        "user.name=t", "commit", "-qm", "x"], capture_output=True, text=True,
-                       timeout=120, env=env, check=False)
+    r = git(repo, "commit", "-qm", "x", env=env)
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "is missing" in r.stderr, r.stderr
     assert "update-hooks" in r.stderr and "xargs" not in r.stderr

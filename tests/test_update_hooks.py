@@ -16,10 +16,11 @@ patterns = ["*.py"]
 """
 
 
-def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def git(repo: Path, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.com",
                            "-c", "user.name=t", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
 
 
 def test_hook_blocks_bad_commit_and_lets_good_one_through(tmp_path: Path) -> None:

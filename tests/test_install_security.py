@@ -174,6 +174,17 @@ def test_a_project_of_a_uid_without_a_name_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 67 and _one_line(r) and "uid 54321" in r.stderr, r.stderr
 
 
+def test_a_daemon_user_other_than_the_owner_is_warned_about(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    project = make_project(tmp_path / "proj", TOML)
+    os.chown(project, 65534, 65534)  # nobody's project, daemon's daemon
+    r = devloop("service", "install", "p", "--dir", str(project), "--user", "daemon",
+                "--root", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stderr and "runs commands as daemon" in r.stderr
+
+
 # -- the git hook --------------------------------------------------------------------------
 
 def test_hooks_path_outside_the_repository_is_not_written(tmp_path: Path) -> None:

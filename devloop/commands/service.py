@@ -6,6 +6,7 @@ import argparse
 import os
 import pwd
 import subprocess
+import sys
 from pathlib import Path
 
 from devloop import installed, service
@@ -91,6 +92,10 @@ def install(args: argparse.Namespace) -> int:
     inst = service.make(_kind(args), args.name, project, user,
                         [args.executable] if args.executable else None, args.root,
                         allow_root=args.allow_root)
+    owner = project.stat().st_uid
+    if owner not in (0, inst.account.pw_uid):
+        print(f"devloop: warning: {project} belongs to uid {owner}, not {user}: whoever "
+              f"edits its devloop.toml runs commands as {user}", file=sys.stderr)
     files = service.files(inst)  # every value checked before anything is written
     blocked = False
     for i, change in enumerate(installed.put_all(inst.writer, files, dry_run=args.dry_run)):

@@ -139,6 +139,9 @@ def run_as(account: pwd.struct_passwd | None, fn: Callable[[], T]) -> T:
             out: dict[str, Any] = {"ok": fn()}
         except DevloopError as exc:
             out = {"error": exc.message, "code": exc.code}
+        except OSError as exc:  # the user's tree changed under us, or is not ours to write
+            out = {"error": f"as {account.pw_name}: {exc.filename}: {exc.strerror}",
+                   "code": EX_CANTCREAT}
         except Exception as exc:  # reported by the parent as one line
             out = {"error": f"as {account.pw_name}: {exc}", "code": EX_SOFTWARE}
         try:

@@ -332,3 +332,26 @@ def test_user_units_hand_copied_and_installed_keep_working(nested: h.NestedSyste
     r = sd.run([EXE, "service", "uninstall", "proj", "--user-unit", "--user", h.USER],
                check=False)
     assert r.returncode == 0 and "removed" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.systemd
+def test_an_injection_alice_plants_after_install_never_reaches_systemd(
+        nested: h.NestedSystemd) -> None:
+    """issue 9: root's update-hooks rereads devloop.toml; alice's newline stays hers."""
+    sd = nested
+    project = f"{h.HOME}/dev/inj"
+    toml = '[checks.ok]\ncommand = ["true"]\npatterns = ["*.txt"]\n'
+    sd.write_file(f"{project}/devloop.toml", toml, owner=h.USER)
+    r = sd.run([EXE, "service", "install", "inj", "--dir", project], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    dropin = f"{h.UNIT_DIR_NS}/devloop@inj.service.d/instance.conf"
+    before = sd.run(["cat", dropin]).stdout
+    sd.write_file(f"{project}/devloop.toml", 'metrics_textfile = "/var/lib/m\\nUser=root\\n'
+                  'ExecStartPre=+/bin/sh -c id>/tmp/pwn\\n/a.prom"\n' + toml, owner=h.USER)
+    r = sd.run([EXE, "update-hooks", project], check=False)
+    assert r.returncode == 65 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert sd.run(["cat", dropin]).stdout == before
+    sd.systemctl("daemon-reload")
+    shown = sd.show("devloop@inj.service", "User", "ExecStartPre")
+    assert shown["User"] == h.USER and "pwn" not in shown["ExecStartPre"], shown
+    sd.run([EXE, "service", "uninstall", "inj"])

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 from devloop import __version__, safeio
 from devloop.errors import EX_CANTCREAT, EX_SOFTWARE, DevloopError
+from devloop.systemd import escape_controls
 
 T = TypeVar("T")
 
@@ -65,9 +66,9 @@ class Change:
         return cls(str(data[0]), Path(str(data[1])), str(data[2]))
 
     def __str__(self) -> str:
-        line = f"{self.action:10s} {self.path}{f' ({self.note})' if self.note else ''}"
         # names found in a user's directory reach root's terminal: no escape sequences
-        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
+        return escape_controls(f"{self.action:10s} {self.path}"
+                               f"{f' ({self.note})' if self.note else ''}")
 
 
 def left_alone(path: Path) -> Change:

@@ -11,7 +11,7 @@ from ops_helpers import devloop, make_project
 AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
 
 TOML = """[checks.syntax]
-command = ["python3", "-m", "devloop.pysyntax", "{files}"]
+command = ["python3", "-m", "devloop.tools.pysyntax", "{files}"]
 patterns = ["*.py"]
 """
 

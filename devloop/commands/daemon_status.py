@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -47,6 +48,15 @@ def add_parser(sub: Subparsers) -> None:
 class _Parser(argparse.ArgumentParser):
     """With --nagios a usage error is UNKNOWN (exit 3, one line on stdout): Nagios reports
     any other code as "out of bounds" and shows argparse's usage text."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        """Unknown arguments are this parser's error (the top-level one would say 64)."""
+        known, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return known, extras
 
     def error(self, message: str) -> NoReturn:
         if "--nagios" in sys.argv[1:]:

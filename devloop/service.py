@@ -131,13 +131,13 @@ def template_text(inst: Instance) -> str:
 
 
 def _extra_writable(inst: Instance) -> list[str]:
-    """The metrics textfile's directory, when the project asks for one (the sandbox is
-    read-only elsewhere)."""
+    """The metrics textfile's and the published health file's directories, when the
+    project asks for them (the sandbox is read-only elsewhere)."""
     try:
         cfg = config.load(inst.project)
     except DevloopError:
         return []  # the daemon reports a bad config itself, with exit 78
-    return [str(cfg.metrics_textfile.parent)] if cfg.metrics_textfile else []
+    return [str(f.parent) for f in (cfg.metrics_textfile, cfg.health_file) if f is not None]
 
 
 def dropin_text(inst: Instance) -> str:

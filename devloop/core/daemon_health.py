@@ -310,13 +310,18 @@ def is_daemon_of(pid: int, projects: set[str]) -> bool | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and not a zombie: a killed daemon nobody has reaped yet is dead too."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True  # hidden (hidepid): kill() said it exists
+    return stat_line.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
 
 
 # -- the verdict -------------------------------------------------------------------------

@@ -241,3 +241,28 @@ def test_listen_serves_while_a_client_stalls(tmp_path: Path) -> None:
             done.set()
             t.join()
             slow.close()
+
+
+def test_bad_health_file_is_a_config_error(tmp_path: Path) -> None:
+    for value in ("rel.json", "/abs/health.txt", "/abs/new\\nline.json"):
+        project = make_project(tmp_path / "p", TOML.format(extra=f'health_file = "{value}"'))
+        r = devloop("watch", "--foreground", str(project))
+        assert r.returncode == 78, r.stderr
+        assert "health_file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_health_file_is_a_reported_problem(tmp_path: Path) -> None:
+    """Monitoring that reads the published copy would see nothing: say so, once."""
+    missing = tmp_path / "missing-dir"
+    project = make_project(tmp_path / "p", TOML.format(
+        extra=f'health_file = "{missing}/health.json"'))
+    with background(project) as r:
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: f"cannot write the heartbeat in {missing}" in
+                 devloop("daemon-status", str(project)).stdout, what="the problem reported")
+        missing.mkdir()
+        wait_for(lambda: devloop("daemon-status", str(project)).returncode == 0,
+                 what="healthy once it can publish")
+        published = missing / "health.json"
+        assert published.stat().st_mode & 0o777 == 0o640
+    assert not published.exists()

@@ -170,3 +170,40 @@ def test_foreign_pid_in_fresh_heartbeat_is_critical(tmp_path: Path) -> None:
     finally:
         words.kill()
         words.wait()
+
+
+@pytest.mark.parametrize(("argv", "directory"), [
+    (["/opt/devloop/bin/python3", "/opt/devloop/bin/devloop", "watch", "--foreground", "/p"],
+     "/p"),
+    (["/opt/devloop/bin/devloop", "watch", "/p"], "/p"),
+    (["python3", "-m", "devloop", "watch"], "."),
+    (["/usr/bin/python3.11", "-u", "-X", "dev", "-m", "devloop", "watch", "--log-backups", "3"],
+     "."),
+    (["python3", "-m", "devloop", "watch", "--ready-timeout", "5", "proj"], "proj"),
+    (["watch", "-n1", "devloop", "status"], None),
+    (["python3", "-c", "pass", "devloop", "watch", "/p"], None),
+    (["/opt/devloop/bin/devloop", "status", "/p"], None),
+    (["vim", "devloop", "watch"], None),
+    ([], None),
+])
+def test_watch_dir_reads_only_the_daemons_own_command_line(argv: list[str],
+                                                          directory: str | None) -> None:
+    from devloop.core.daemon_health import watch_dir
+
+    assert watch_dir(argv) == directory
+
+
+def test_daemon_started_on_a_relative_dir_is_recognised(tmp_path: Path) -> None:
+    """`devloop watch --foreground .` from the project: its cwd says which project."""
+    project = make_project(tmp_path / "p", TOML)
+    proc = subprocess.Popen([sys.executable, "-m", "devloop", "watch", "--foreground", "."],
+                            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: nagios(project)[0] == 0, what="OK for its own project")
+        other = make_project(tmp_path / "other", TOML)
+        heartbeat(other, pid=proc.pid)
+        code, line = nagios(other)
+        assert code == 2 and "not the devloop daemon" in line, line
+    finally:
+        proc.terminate()
+        proc.wait(30)

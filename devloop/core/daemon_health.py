@@ -389,7 +389,7 @@ def _check(project: Path, heartbeat: Path | None) -> dict[str, Any]:
         return _result(
             UNHEALTHY, "stale",
             f"last heartbeat {age:.0f}s ago, more than twice its interval ({every:g}s): "
-            "the daemon is hung or cannot write its heartbeat (read-only? full?)", **known)
+            "the daemon is hung or stopped, or cannot write .devloop/ (read-only? full?)", **known)
     problem = data.get("problem")
     if problem:
         return _result(UNHEALTHY, "problem", f"daemon reports a problem: {problem[:500]}",

@@ -266,3 +266,38 @@ def test_unwritable_health_file_is_a_reported_problem(tmp_path: Path) -> None:
         published = missing / "health.json"
         assert published.stat().st_mode & 0o777 == 0o640
     assert not published.exists()
+
+
+def test_random_heartbeats_never_export_nan_or_negative(tmp_path: Path) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from devloop import metrics
+
+    project = tmp_path / "p"
+    values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    check = st.fixed_dictionaries({}, optional={
+        "runs": st.dictionaries(st.text(max_size=4), values, max_size=2) | values,
+        "last_duration_seconds": values, "last_success_timestamp": values,
+        "failing_since": values, "failing": values})
+    doc = st.fixed_dictionaries({}, optional={
+        "watches": values, "rescans": values, "overflows": values, "uptime_seconds": values,
+        "interval_seconds": values, "problem": values,
+        "checks": st.dictionaries(st.text(max_size=4), check, max_size=2) | values})
+
+    @settings(max_examples=300, deadline=None)
+    @given(fields=doc)
+    def one(fields: dict[str, object]) -> None:
+        base: dict[str, object] = {"timestamp": datetime.now(UTC).isoformat(),
+                                   "pid": os.getpid(), "uptime_seconds": 5}
+        _heartbeat(project, json.dumps({**base, **fields}))  # NaN/Infinity included
+        text = metrics.exposition([project])
+        got = samples(text)
+        assert "NaN" not in text and "Inf" not in text
+        assert all(v >= 0 for v in got.values())
+        corrupt = got[("devloop_heartbeat_corrupt", (("project", str(project)),))]
+        assert corrupt == (("devloop_watches", (("project", str(project)),)) not in got
+                           and ("devloop_start_time_seconds",
+                                (("project", str(project)),)) not in got)
+
+    one()

@@ -150,6 +150,8 @@ def test_heartbeat_symlink_is_not_followed_by_the_health_check(tmp_path: Path) -
      "UNHEALTHY", "not the devloop daemon"),  # PID 1 is init: foreign, whatever the age
     (b"\xff\xfe\x00", "ERROR", "not valid JSON"),
     (b"[" * 60_000, "ERROR", "not valid JSON"),  # RecursionError inside json.loads
+    (b'{"pid": 1, "timestamp": "0001-01-01T00:00:00+14:00", "uptime_seconds": 1}', "ERROR",
+     "out of range"),
     (b'{"pid": 1, "timestamp": "2026-01-01T00:00:00+00:00", "uptime_seconds": NaN}', "ERROR",
      "not valid JSON"),
     (b'{"pid": 1, "timestamp": "2026-01-01T00:00:00+00:00", "uptime_seconds": 1, '

@@ -198,6 +198,10 @@ def validate(data: dict[str, Any]) -> str | None:
         return "'timestamp' is not ISO 8601"
     if when.tzinfo is None:
         return "'timestamp' has no UTC offset"
+    try:
+        when.timestamp()
+    except (OverflowError, ValueError, OSError):  # "0001-01-01T00:00:00+14:00"
+        return "'timestamp' is out of range"
     for key in ("watches", "rescans", "overflows"):
         if key in data and not _is_int(data[key], 0):
             return f"'{key}' is not a count"
@@ -228,13 +232,6 @@ def timestamp(record: dict[str, Any]) -> float:
 
 def interval(record: dict[str, Any]) -> float:
     return float(record.get("interval_seconds", DEFAULT_INTERVAL_S))
-
-
-def read_heartbeat(project_dir: str | os.PathLike[str],
-                   heartbeat: Path | None = None) -> dict[str, Any] | None:
-    """The validated heartbeat, or None when missing, unreadable or corrupt."""
-    raw, _ = _read(heartbeat or heartbeat_path(project_dir))
-    return parse(raw)[0] if raw is not None else None
 
 
 # -- is that PID the daemon of this project? ---------------------------------------------

@@ -199,9 +199,13 @@ def validate(data: dict[str, Any]) -> str | None:
     if when.tzinfo is None:
         return "'timestamp' has no UTC offset"
     try:
-        when.timestamp()
-    except (OverflowError, ValueError, OSError):  # "0001-01-01T00:00:00+14:00"
+        unix = when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        unix = -1.0
+    if not 0 <= unix < 1e11:  # exported as a Unix time: never before 1970
         return "'timestamp' is out of range"
+    if data["uptime_seconds"] > unix:  # the start time, exported too, would be before 1970
+        return "'uptime_seconds' is out of range"
     for key in ("watches", "rescans", "overflows"):
         if key in data and not _is_int(data[key], 0):
             return f"'{key}' is not a count"

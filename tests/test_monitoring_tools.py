@@ -183,6 +183,12 @@ scrape_configs:
         assert prom.series("devloop_build_info") == both  # one per project: no collision
         assert [s["value"][1] for s in prom.query("node_textfile_scrape_error")] == ["0"]
         assert prom.series('ALERTS{alertname="DevloopHeartbeatStale"}') == set()
+        # fields the daemon adds to its heartbeat (results: failing_since; watch: overflows)
+        beat = json.loads((served / ".devloop" / "daemon.heartbeat").read_text())
+        if beat["checks"]["bad"].get("failing_since") is not None:
+            assert prom.series("devloop_check_failing_since_timestamp_seconds") == both
+        if "overflows" in beat:
+            assert prom.series("devloop_overflows_total == 0") == both
 
         for project in (served, texted):
             pid = lock_pid(project)

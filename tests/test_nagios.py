@@ -97,8 +97,9 @@ def test_unreadable_and_corrupt_are_unknown(tmp_path: Path) -> None:
     heartbeat(project, watches=-5)
     code, line = nagios(project)
     assert code == 3 and "'watches'" in line, line
-    code, line = nagios(tmp_path / "no-such-project")
-    assert code == 3 and "no such project directory" in line, line
+    for missing in (tmp_path / "no-such-project", project / "devloop.toml"):
+        code, line = nagios(missing)
+        assert code == 3 and "no such project directory" in line, line
 
 
 @pytest.mark.parametrize("args", [

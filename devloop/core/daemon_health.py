@@ -349,11 +349,13 @@ def assess(project_dir: str | os.PathLike[str],
 
 def _check(project: Path, heartbeat: Path | None) -> dict[str, Any]:
     try:
-        os.stat(project)
+        is_dir = stat.S_ISDIR(os.stat(project).st_mode)
     except (FileNotFoundError, NotADirectoryError):
-        return _result(ERROR, "no_project", f"no such project directory: {project}")
+        is_dir = False
     except OSError:
-        pass  # e.g. a monitoring user without search access: the published copy decides
+        is_dir = True  # e.g. a monitoring user without search access: the copy decides
+    if not is_dir:
+        return _result(ERROR, "no_project", f"no such project directory: {project}")
     path = heartbeat or heartbeat_path(project)
     raw, why = _read(path)
     if raw is None:

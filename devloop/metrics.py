@@ -8,10 +8,7 @@ add this process's own python_* metrics and keep state between projects).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,21 +154,12 @@ def write_textfile(path: Path, project: str, record: dict[str, Any] | None) -> N
 
     At a clean stop (record None) the file says `devloop_up 0` rather than going away: a
     stop nobody meant (a deleted project, a bad config, someone's `systemctl stop`) stays
-    visible, and no frozen heartbeat is left to page as stale. `service uninstall` or the
-    operator removes the file when the project leaves monitoring for good.
+    visible, and no frozen heartbeat is left to page as stale. The operator removes the
+    file when the project leaves monitoring for good.
     """
     try:
         text = generate_latest(registry_for(RecordCollector(project, record)))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o644)  # node_exporter runs as another user
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        daemon_health.atomic_write(path, text, 0o644)  # node_exporter runs as another user
     except OSError as exc:
         message = f"cannot write metrics to {path}: {exc.strerror or exc}"
         if _last_error != [message]:

@@ -41,9 +41,26 @@ def _padded(data: dict[str, Any]) -> bytes:
     return raw + b" " * (size - len(raw) - 1) + b"\n"
 
 
+def atomic_write(target: Path, raw: bytes, mode: int = 0o600) -> None:
+    """Write a new file (O_EXCL, `mode`) in the target's directory, then rename it over
+    the target: a reader sees the old file or the new one, never a part; a planted
+    symlink at `target` is replaced, never followed. No temporary file is left behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode != 0o600:
+                os.fchmod(f.fileno(), mode)
+            f.write(raw)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_heartbeat(state_dir: Path, data: dict[str, Any], *, target: Path | None = None,
                     mode: int = 0o600) -> None:
-    """Write to a new file in the target's directory, then rename over the old one.
+    """Replace the heartbeat atomically.
 
     `target` (default `state_dir/daemon.heartbeat`) is also the published copy of
     `health_file`, created `mode` 0640 so that the group of a setgid directory (the
@@ -54,22 +71,9 @@ def write_heartbeat(state_dir: Path, data: dict[str, Any], *, target: Path | Non
     raw = _padded(data)
     target = state_dir / HEARTBEAT_NAME if target is None else target
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".heartbeat-", dir=target.parent)  # O_EXCL, 0600
+        atomic_write(target, raw, mode)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and _overwrite(target, raw):
-            return
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode != 0o600:
-                os.fchmod(f.fileno(), mode)
-            f.write(raw)
-        os.replace(tmp, target)  # replaces a planted symlink, never follows it
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                and _overwrite(target, raw)):
             return
         raise
 

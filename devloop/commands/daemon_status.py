@@ -23,8 +23,9 @@ def add_parser(sub: Subparsers) -> None:
         "daemon-status",
         help="HEALTHY / UNHEALTHY / ERROR from the daemon's heartbeat",
         description="Read DIR/.devloop/daemon.heartbeat. Exit 0 when HEALTHY, 1 when "
-        "UNHEALTHY (not running, stale heartbeat, dead PID, or a problem it reports), "
-        "2 on ERROR (the heartbeat cannot be read or parsed).",
+        "UNHEALTHY (not running, a dead PID or not this project's daemon, a stale "
+        "heartbeat, or a problem it reports), 2 on ERROR (no such project directory, or "
+        "the heartbeat cannot be read or is corrupt).",
     )
     p.__class__ = _Parser
     add_dir_argument(p)

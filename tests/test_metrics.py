@@ -301,3 +301,15 @@ def test_random_heartbeats_never_export_nan_or_negative(tmp_path: Path) -> None:
                                 (("project", str(project)),)) not in got)
 
     one()
+
+
+def test_service_install_lets_the_sandbox_write_the_published_files(tmp_path: Path) -> None:
+    """docs/production.md: `service install` adds both directories to ReadWritePaths=."""
+    project = make_project(tmp_path / "p", TOML.format(
+        extra='metrics_textfile = "/var/lib/prometheus/node-exporter/devloop-p.prom"\n'
+              'health_file = "/var/lib/devloop-health/p/health.json"'))
+    r = devloop("service", "install", "p", "--dir", str(project), "--root",
+                str(tmp_path / "root"), "--print")
+    assert r.returncode == 0, r.stderr
+    assert "ReadWritePaths=-/var/lib/prometheus/node-exporter\n" in r.stdout
+    assert "ReadWritePaths=-/var/lib/devloop-health/p\n" in r.stdout

@@ -294,8 +294,8 @@ def is_daemon_of(pid: int, projects: set[str]) -> bool | None:
     """
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
+    except FileNotFoundError:  # gone, or hidden from us (mount option hidepid)
+        return False if not _alive(pid) else None
     except OSError:
         return None
     if not raw:

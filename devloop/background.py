@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ from pathlib import Path
 from devloop import statedir
 from devloop.config import Config
 from devloop.daemon import Daemon, use_pidfd_child_watcher
-from devloop.errors import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, DevloopError
+from devloop.errors import EX_CANTCREAT, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, DevloopError
 from devloop.systemd import Notifier, setup_logging
 
 log = logging.getLogger("devloop")
@@ -45,6 +46,34 @@ class Started:
 
 def log_path(state_dir: Path) -> Path:
     return state_dir / LOG_NAME
+
+
+class PrivateLogHandler(RotatingFileHandler):
+    """devloop.log, opened like every state file (no symlink, ours, not shared-writable).
+
+    Like WatchedFileHandler, it reopens the file when the name no longer leads to the
+    file it writes (`.devloop` deleted and recreated, or rotated by hand); until a new
+    one can be opened it keeps writing to the old one rather than losing lines.
+    """
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = statedir.open_private(Path(self.baseFilename),
+                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None:
+            try:
+                st = os.lstat(self.baseFilename)
+                moved = statedir.identity(st) != statedir.identity(os.fstat(self.stream.fileno()))
+            except OSError:
+                moved = True
+            if moved:
+                with contextlib.suppress(OSError, DevloopError):
+                    new = self._open()
+                    self.stream.close()
+                    self.stream = new
+        super().emit(record)
 
 
 def start(root: Path, cfg: Config, *, max_bytes: int = LOG_MAX_BYTES,
@@ -125,8 +154,12 @@ def _daemon(root: Path, cfg: Config, state_dir: Path, fd: int, max_bytes: int,
     send(f"pid {os.getpid()}")
     code, why = EX_SOFTWARE, "internal error"
     try:
-        handler = RotatingFileHandler(log_path(state_dir), maxBytes=max_bytes,
-                                      backupCount=backups, encoding="utf-8")
+        try:
+            handler = PrivateLogHandler(log_path(state_dir), maxBytes=max_bytes,
+                                        backupCount=backups, encoding="utf-8")
+        except OSError as exc:
+            raise DevloopError(f"cannot open {log_path(state_dir)}: {exc.strerror}",
+                               EX_CANTCREAT) from None
         setup_logging(str(root), handler=handler)
         statedir.acquire(state_dir, root)  # held until this process exits
         use_pidfd_child_watcher()

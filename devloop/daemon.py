@@ -8,6 +8,7 @@ the watchdog ping proves that this loop, and nothing else, is alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -21,25 +22,35 @@ from pathlib import Path
 from typing import Any
 
 from devloop import config as config_mod
-from devloop import reaper
+from devloop import reaper, results, statedir
 from devloop.config import Config
 from devloop.core import daemon_health
-from devloop.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_OSERR, DevloopError
+from devloop.errors import (
+    EX_CANTCREAT,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_TEMPFAIL,
+    DevloopError,
+)
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
-from devloop.store import Run, Store
+from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
 from devloop.watcher import Watcher, WatchLimitError
 
 log = logging.getLogger("devloop")
 
 STATUS_MIN_INTERVAL_S = 0.25
+HEARTBEAT_MIN_INTERVAL_S = 1.0  # after a result, the heartbeat is rewritten at most this often
 DB_BUSY_TIMEOUT_S = 0.2  # the loop never waits longer for a lock held by another process
 DB_RETRY_S = 1.0
 MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
+RETAKE_DELAY_S = 2.0  # a deleted .devloop is recreated this long after it is noticed
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
           "error": logging.ERROR, "timeout": logging.ERROR}
 
@@ -59,20 +70,41 @@ class Daemon:
         self.config = config
         self.notifier = notifier
         self.started = time.monotonic()
+        self.started_at = time.time()
         try:
             self.store = Store.open(state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
         except (sqlite3.Error, OSError) as exc:
             raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
                                EX_CANTCREAT) from None
-        self._unsaved: deque[tuple[Run, list[Finding]]] = deque()
+        self._unsaved: deque[tuple[Run, list[Finding], bool]] = deque()
         self._flush_handle: asyncio.TimerHandle | None = None
         self.ledger = reaper.GroupLedger(state_dir)
         self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
         self.scheduler: Scheduler | None = None
         self.exit_code = EX_OK
         self.last_run: Run | None = None
-        self.failing: set[str] = set()
-        self.check_stats: dict[str, dict[str, Any]] = {}  # for the heartbeat and metrics
+        # the truth before this start: counters, last success, failing streaks, outcomes
+        try:
+            self.store.forget_checks_except(c.name for c in config.checks)  # removed meanwhile
+        except sqlite3.Error as exc:
+            log.warning("cannot forget the results of removed checks yet: %s", exc)
+        try:
+            self.totals: dict[str, CheckTotals] = self.store.totals()
+            latest = self.store.latest()
+        except sqlite3.Error as exc:
+            log.error("cannot read the earlier results in %s: %s", state_dir, exc)
+            self.totals, latest = {}, []
+        self.failing = {st.run.check for st in latest if st.failing}
+        self.last_duration = {st.run.check: round(st.run.duration, 4) for st in latest}
+        self._live: dict[str, LiveState] = {}
+        self._publish_handle: asyncio.Handle | None = None
+        self._synced_at: float | None = None
+        self._sync_asked: float | None = None  # a waiter's poke, answered once walks end
+        # the FIFO `status --wait` writes to: made now, so a poke during the initial walk
+        # waits in it (see devloop.results)
+        self._sync = self._open_sync()
+        self._heartbeat_at = float("-inf")
+        self._heartbeat_soon_handle: asyncio.TimerHandle | None = None
         self.config_problem: str | None = None
         self.db_problem: str | None = None
         self.heartbeat_problem: str | None = None
@@ -80,6 +112,7 @@ class Daemon:
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
         self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._retake_handle: asyncio.TimerHandle | None = None
         self._walker: asyncio.Task[None] | None = None
         self._rescan_wanted = False
         self._reload_task: asyncio.Task[None] | None = None
@@ -100,7 +133,8 @@ class Daemon:
             await self._initial_walk()
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
-                                       self.watcher.all_files, ledger=self.ledger)
+                                       self.watcher.all_files, ledger=self.ledger,
+                                       on_state=self._publish_soon)
             self._heartbeat()
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
@@ -114,6 +148,11 @@ class Daemon:
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
+            # before the walk began, changes are what the start-up runs check
+            self._synced_at = walk_started_ns / 1e9 - 0.05
+            self._publish()
+            if self._sync is not None:
+                loop.add_reader(self._sync, self._on_sync)
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -137,9 +176,15 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         loop = asyncio.get_running_loop()
-        for handle in (self._status_handle, self._heartbeat_handle):
+        for handle in (self._status_handle, self._heartbeat_handle, self._publish_handle,
+                       self._heartbeat_soon_handle, self._retake_handle):
             if handle is not None:
                 handle.cancel()
+        if self._sync is not None:
+            loop.remove_reader(self._sync)
+            os.close(self._sync)
+            with contextlib.suppress(OSError):
+                os.unlink(self.state_dir / results.SYNC_NAME)
         for task in (self._walker, self._reload_task):
             if task is not None:
                 task.cancel()
@@ -155,6 +200,7 @@ class Daemon:
             from devloop import metrics
 
             metrics.write_textfile(self.config.metrics_textfile, str(self.root), None)
+        self._db(Store.unpublish)
         self.store.close()
 
     def stop(self, code: int) -> None:
@@ -187,11 +233,20 @@ class Daemon:
             self._request_reload()
         gone = [c for c in changes if not os.path.lexists(self.root / c)]
         if gone:
+            had: set[str] = set()
+            self._db(lambda store: had.update(store.checks_with_findings(gone)))
             self._db(lambda store: store.forget_files(gone))
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
             self.scheduler.changed(changes)
+            self._publish_soon()
+        if gone:  # after the scheduler saw the deletion: the verdict is not stale
+            settled: list[Run] = []
+            self._db(lambda store: settled.extend(store.outcomes_gone_with(
+                gone, had, lambda f: os.path.lexists(self.root / f))))
+            for run in settled:
+                self._on_result(run, [], counted=False)
 
     async def _sliced(self, slices: Iterator[int]) -> None:
         for _ in slices:
@@ -217,6 +272,7 @@ class Daemon:
         finally:
             self._walker = None
             self._update_status()
+            self._answer_sync()
 
     def _request_reload(self) -> None:
         if self._reload_task is None:
@@ -233,6 +289,7 @@ class Daemon:
                 await self._reload_once()
         finally:
             self._reload_task = None
+            self._answer_sync()
 
     async def _reload_once(self) -> None:
         self.notifier.reloading()
@@ -254,6 +311,7 @@ class Daemon:
         names = [c.name for c in config.checks]
         self._db(lambda store: store.forget_checks_except(names))
         self.failing &= set(names)
+        self.totals = {k: v for k, v in self.totals.items() if k in names}
         log.info("configuration reloaded: %d checks", len(config.checks))
         self._heartbeat()
         self.notifier.ready(self.status_text())
@@ -262,27 +320,29 @@ class Daemon:
         if self.scheduler is not None and added:
             self.scheduler.run_whole(on_start_only=True, names=added)
 
-    def _on_result(self, run: Run, findings: list[Finding]) -> None:
+    def _on_result(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
+        """counted=False: a verdict settled by devloop (its files are gone), not a run."""
         self.last_run = run
-        stats = self.check_stats.setdefault(
-            run.check, {"runs": {}, "last_duration_seconds": None, "last_success_timestamp": None}
-        )
-        stats["runs"][run.outcome] = stats["runs"].get(run.outcome, 0) + 1
-        stats["last_duration_seconds"] = round(run.duration, 4)
-        if run.outcome == "pass":
-            stats["last_success_timestamp"] = round(run.started + run.duration, 3)
-        if run.outcome in ("fail", "error", "timeout"):
+        self._save(run, findings, counted=counted)
+        totals = self.totals.get(run.check)
+        if not self._unsaved and totals is not None:  # the database's verdict (see Store)
+            failing = totals.failing_since is not None
+        else:
+            failing = run.check in self.failing if run.outcome == "cancelled" else (
+                run.outcome in FAILING)
+        if failing:
             self.failing.add(run.check)
-        elif run.outcome == "pass":
+        else:
             self.failing.discard(run.check)
-        self._save(run, findings)
         detail = ""
         if run.outcome == "fail":
-            first = f": {findings[0].file}:{findings[0].line} {findings[0].message}" if findings \
-                else ""
+            first = (f": {findings[0].file}:{findings[0].line} {findings[0].message}" if findings
+                     else f": {run.reason}" if run.reason else "")
             detail = f" (exit {run.exit_code}, {len(findings)} findings{first})"
         elif run.outcome == "error":
             detail = f": {run.output.strip().splitlines()[-1] if run.output.strip() else ''}"
+        elif run.reason:
+            detail = f": {run.reason}"
         scope = "the whole project" if run.files is None else f"{len(run.files)} files"
         log.log(
             LEVELS[run.outcome], "check %s %s in %.2fs on %s%s", run.check, run.outcome,
@@ -292,6 +352,8 @@ class Daemon:
                    "DEVLOOP_EXIT_CODE": "" if run.exit_code is None else str(run.exit_code)},
         )
         self._update_status()
+        self._publish_soon()
+        self._heartbeat_soon()
         asyncio.get_running_loop().call_soon(self._reap_when_idle)
 
     def _reap_when_idle(self) -> None:
@@ -308,6 +370,8 @@ class Daemon:
     def _heartbeat(self) -> None:
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
+        if self._state_lost():
+            return
         if self.watcher.unwatched:
             self.watcher.retry_unwatched()
             self._start_walker()
@@ -316,11 +380,10 @@ class Daemon:
             interval_seconds=self.config.heartbeat_interval, project=str(self.root),
             watches=self.watcher.watch_count, rescans=self.watcher.rescans,
             problem=self.problem(),
-            checks={c.name: {**self.check_stats.get(c.name, {
-                "runs": {}, "last_duration_seconds": None, "last_success_timestamp": None}),
-                "failing": c.name in self.failing} for c in self.config.checks},
+            checks={c.name: self._check_record(c.name) for c in self.config.checks},
         )
         health, where = self.config.health_file, self.state_dir
+        self._heartbeat_at = time.monotonic()
         try:
             daemon_health.write_heartbeat(self.state_dir, record)
             if health is not None:  # published for a monitoring user (its directory's group)
@@ -345,23 +408,152 @@ class Daemon:
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
 
-    def _save(self, run: Run, findings: list[Finding]) -> None:
+    # -- the project or .devloop deleted --------------------------------------------
+    def _state_lost(self) -> bool:
+        """True once the project is gone (exit 66). A deleted `.devloop` is taken back a
+        moment later, so a `rm -rf` of the whole project still in progress is not
+        refilled (its rmdir would fail); the lock is retaken or this daemon exits 75."""
+        if statedir.project_gone(self.root):
+            log.error("the project directory %s was deleted or replaced: exiting", self.root)
+            self.stop(EX_NOINPUT)
+            return True
+        if statedir.lock_lost(self.state_dir) and self._retake_handle is None:
+            log.warning("%s was deleted or replaced: recreating it", self.state_dir)
+            self._retake_handle = asyncio.get_running_loop().call_later(
+                RETAKE_DELAY_S, self._retake_state)
+        return False
+
+    def _retake_state(self) -> None:
+        self._retake_handle = None
+        if statedir.project_gone(self.root):
+            self._state_lost()
+            return
+        try:
+            statedir.retake(self.root)
+            self.store.close()
+            self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
+        except DevloopError as exc:
+            if isinstance(exc, statedir.UnsafeStateError) or exc.code == EX_TEMPFAIL:
+                log.error("%s: exiting", exc.message)  # refused, or another daemon took it
+                self.stop(exc.code)
+            else:
+                # e.g. the unit's sandbox, where the project is read-only: a restart by the
+                # service manager recreates .devloop (ExecStartPre=) writable again
+                log.error("%s: exiting so that a new daemon starts afresh", exc.message)
+                self.stop(EX_IOERR)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot recreate the results database in %s: %s: exiting",
+                      self.state_dir, exc)
+            self.stop(EX_CANTCREAT)
+            return
+        loop = asyncio.get_running_loop()
+        if self._sync is not None:
+            loop.remove_reader(self._sync)
+            os.close(self._sync)
+        self._sync = self._open_sync()
+        if self._sync is not None:
+            loop.add_reader(self._sync, self._on_sync)
+        log.info("recreated %s with a new lock and results database", self.state_dir)
+        self._heartbeat()
+
+    def _check_record(self, name: str) -> dict[str, Any]:
+        """A check in the heartbeat: counters and streaks from the database, so they hold
+        across restarts, and its live state."""
+        t = self.totals.get(name, CheckTotals(runs={}, last_success=None, failing_since=None))
+        live = self._live.get(name)
+        last = self.last_duration.get(name)
+        return {"runs": t.runs, "last_duration_seconds": last,
+                "last_success_timestamp": t.last_success, "failing": name in self.failing,
+                "failing_since": t.failing_since if name in self.failing else None,
+                "state": live.state if live is not None else "idle"}
+
+    def _heartbeat_soon(self) -> None:
+        """After a result: the heartbeat (and metrics) now, or a second after the last."""
+        if self._heartbeat_soon_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._heartbeat_at + HEARTBEAT_MIN_INTERVAL_S - time.monotonic()
+        self._heartbeat_soon_handle = loop.call_later(max(wait, 0.0), self._heartbeat_now)
+
+    def _heartbeat_now(self) -> None:
+        self._heartbeat_soon_handle = None
+        self._heartbeat()
+
+    # -- published state (devloop.results reads it) ----------------------------------
+    def _publish_soon(self) -> None:
+        """Once this turn of the loop is over: a run that just ended has left its task."""
+        if self._publish_handle is None:
+            self._publish_handle = asyncio.get_running_loop().call_soon(self._publish)
+
+    def _publish(self) -> None:
+        self._publish_handle = None
+        if self.scheduler is None or self._unsaved or self._stop.is_set():
+            return  # results first: a reader must not see "idle" before the result
+        now = time.time()
+        live = {}
+        for name, (state, changed_at) in self.scheduler.states().items():
+            old = self._live.get(name)
+            since = old.since if old is not None and old.state == state else now
+            live[name] = LiveState(state=state, since=since, changed_at=changed_at)
+        self._live = live
+        synced = self._synced_at
+        self._db(lambda store: store.publish(live, pid=os.getpid(), started=self.started_at,
+                                             synced_at=synced))
+
+    def _open_sync(self) -> int | None:
+        try:
+            return results.open_sync_fifo(self.state_dir)
+        except OSError as exc:
+            log.error("cannot make %s: status --wait cannot ask for the latest changes: %s",
+                      self.state_dir / results.SYNC_NAME, exc.strerror)
+            return None
+
+    def _on_sync(self) -> None:
+        """A waiter wrote to `.devloop/sync`: read every change queued before, then say so."""
+        assert self._sync is not None
+        try:
+            while os.read(self._sync, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        asked = time.time()
+        self._on_inotify()
+        self._sync_asked = asked
+        self._answer_sync()
+
+    def _answer_sync(self) -> None:
+        """Walks of new directories and reloads may still find changes: answer after them."""
+        if self._sync_asked is None or self._walker is not None or self._reload_task is not None:
+            return
+        self._synced_at, self._sync_asked = self._sync_asked, None
+        self._publish()
+
+    def _save(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
         """Runs are saved in order; those the database refuses wait in memory for a retry."""
-        self._unsaved.append((run, findings))
+        if counted:
+            self.last_duration[run.check] = round(run.duration, 4)
+        self._unsaved.append((run, findings, counted))
         if len(self._unsaved) > MAX_UNSAVED:
             self._unsaved.popleft()
             log.error("more than %d runs could not be saved: dropping the oldest", MAX_UNSAVED)
         self._flush()
 
     def _flush(self) -> None:
+        saved = False
         while self._unsaved:
-            run, findings = self._unsaved[0]
-            if not self._db(functools.partial(Store.record, run=run, findings=findings)):
+            run, findings, counted = self._unsaved[0]
+            if not self._db(functools.partial(Store.record, run=run, findings=findings,
+                                              counted=counted)):
                 if self._flush_handle is None:
                     self._flush_handle = asyncio.get_running_loop().call_later(
                         DB_RETRY_S, self._retry_flush)
                 return
             self._unsaved.popleft()
+            saved = True
+        if saved:
+            self._db(lambda store: self.totals.update(store.totals()))
+            self._publish_soon()
 
     def _retry_flush(self) -> None:
         self._flush_handle = None
@@ -385,7 +577,7 @@ class Daemon:
                     self.store.close()
                     try:
                         self.store = Store.open(self.state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-                    except (sqlite3.Error, OSError) as exc2:
+                    except (sqlite3.Error, OSError, DevloopError) as exc2:
                         problem = f"cannot reopen the results database: {exc2}"
                     else:
                         continue

@@ -7,9 +7,11 @@ EX_FAIL = 1  # a check failed (run), the daemon is unhealthy (daemon-status)
 EX_USAGE = 64
 EX_NOINPUT = 66
 EX_NOUSER = 67  # service install: no such user
+EX_UNAVAILABLE = 69  # status --wait: no daemon watches the project
 EX_SOFTWARE = 70  # the detached daemon died before it was ready
 EX_OSERR = 71  # inotify watch limit reached at start-up
 EX_CANTCREAT = 73  # .devloop/ cannot be created or written
+EX_IOERR = 74  # .devloop/ was deleted and cannot be recreated from inside the sandbox
 EX_TEMPFAIL = 75  # another daemon already watches the project
 EX_CONFIG = 78
 

@@ -18,10 +18,15 @@ import os
 import signal
 from pathlib import Path
 
+from devloop import procfs, statedir
+from devloop.errors import DevloopError
+
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 PIDS_NAME = "checks.pids"
+MAX_LEDGER_BYTES = 64 * 1024
+PID_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -31,27 +36,22 @@ def become_subreaper() -> None:
         log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
 
 
-def _pgid_and_start(pid: int) -> tuple[int, int] | None:
-    """Process group and start time (clock ticks since boot), from /proc/PID/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return int(fields[2]), int(fields[19])
-
-
 class GroupLedger:
-    """`.devloop/checks.pids`: "pgid start_time" of each running check, rewritten atomically."""
+    """`.devloop/checks.pids`: this boot's id, then "pgid start_time" of each running check.
+
+    Read back only by the next daemon, and only as a hint: a group is killed when its
+    first process still runs with the very start time recorded (so a reused PID is
+    never taken for it), in the same boot, and is ours to signal.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / PIDS_NAME
         self.groups: dict[int, int] = {}
 
     def add(self, pgid: int) -> None:
-        found = _pgid_and_start(pgid)
+        found = procfs.stat(pgid)
         if found is not None:
-            self.groups[pgid] = found[1]
+            self.groups[pgid] = found.start_time
             self._write()
 
     def remove(self, pgid: int) -> None:
@@ -65,41 +65,59 @@ class GroupLedger:
                 tmp.unlink()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:
+                f.write(f"boot {procfs.boot_id()}\n")
                 f.writelines(f"{g} {s}\n" for g, s in self.groups.items())
             os.replace(tmp, self.path)
         except OSError as exc:
             log.debug("cannot record check process groups: %s", exc)
 
-    def kill_leftovers(self) -> int:
-        """Kill the groups a previous daemon left running; returns how many processes."""
+    def _read(self) -> dict[int, int]:
+        """The recorded groups; {} for a ledger that is missing, foreign or from another boot."""
         try:
-            lines = self.path.read_text().split("\n")
-        except OSError:
-            return 0
+            raw = statedir.read_private(self.path, MAX_LEDGER_BYTES)
+        except FileNotFoundError:
+            return {}
+        except (OSError, DevloopError) as exc:
+            log.warning("ignoring %s: %s", self.path, getattr(exc, "message", exc))
+            return {}
+        lines = raw.decode("ascii", "replace").splitlines()
+        if not lines or lines[0] != f"boot {procfs.boot_id()}":
+            log.info("ignoring %s: written before the last reboot", self.path)
+            return {}
         recorded: dict[int, int] = {}
-        for line in lines:
+        for line in lines[1:]:
             parts = line.split()
-            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            if (len(parts) == 2 and all(p.isdigit() and len(p) < 20 for p in parts)
+                    and 1 < int(parts[0]) < PID_LIMIT):
                 recorded[int(parts[0])] = int(parts[1])
+        return recorded
+
+    def kill_leftovers(self) -> int:
+        """Kill the groups a previous daemon left running; returns how many groups.
+
+        Never raises: what a dead daemon left behind must not stop this one starting.
+        """
         killed = 0
-        if recorded:
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
+        for pgid, start in self._read().items():
+            leader = procfs.stat(pgid)
+            if leader is None or leader.pgid != pgid or leader.start_time != start:
+                continue  # gone, or its PID now names another process: not ours to kill
+            try:
+                if os.stat(f"/proc/{pgid}").st_uid != os.geteuid():
                     continue
-                pid = int(entry)
-                found = _pgid_and_start(pid)
-                if found is None:
-                    continue
-                pgid, start = found
-                # same group, and not older than the group's first process: not a reused id
-                if pgid in recorded and start >= recorded[pgid]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                        killed += 1
-        with contextlib.suppress(FileNotFoundError):
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+            except OSError as exc:
+                log.warning("cannot kill process group %d left by a previous daemon: %s",
+                            pgid, exc.strerror)
+                continue
+            killed += 1
+        with contextlib.suppress(OSError):
             self.path.unlink()
         if killed:
-            log.warning("killed %d check processes left running by a previous daemon", killed)
+            log.warning("killed %d check process groups left running by a previous daemon",
+                        killed)
         return killed
 
 

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from devloop.config import Check, Config
 from devloop.findings import Finding
 from devloop.reaper import GroupLedger
 from devloop.runner import CheckRun
-from devloop.store import Run
+from devloop.store import Run, State
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _State:
     held: set[str] = field(default_factory=set)  # their changes made during a run
     seen: dict[str, bytes | None] = field(default_factory=dict)  # their digests at run start
     backoff: asyncio.TimerHandle | None = None
+    changed_at: float | None = None  # unix time of the last change that triggered it
 
 
 def _digest(path: Path) -> bytes | None:
@@ -81,8 +83,10 @@ class Scheduler:
         all_files: Callable[[], Iterable[str]],
         environ: Mapping[str, str] | None = None,
         ledger: GroupLedger | None = None,
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
+        self.on_state = on_state  # a run began, or a check's task ended (see states())
         self.ledger = ledger
         self.on_result = on_result
         self.all_files = all_files
@@ -127,6 +131,22 @@ class Scheduler:
         """Checks caught re-triggering themselves, with the files they keep writing."""
         return {name: s.looping for name, s in self._states.items() if s.looping}
 
+    def states(self) -> dict[str, tuple[State, float | None]]:
+        """Per check: "running", "queued" (a change or a run waits) or "idle", and when the
+        last change that triggers it was seen (unix time; None: none since the start)."""
+        out: dict[str, tuple[State, float | None]] = {}
+        for name, s in self._states.items():
+            state: State
+            if s.current is not None:
+                state = "running"
+            elif (s.task is not None or s.timer is not None or s.backoff is not None
+                  or s.pending or s.whole):
+                state = "queued"
+            else:
+                state = "idle"
+            out[name] = (state, s.changed_at)
+        return out
+
     @property
     def running(self) -> bool:
         return any(s.task is not None for s in self._states.values())
@@ -156,6 +176,7 @@ class Scheduler:
             if state.pending_since is None:
                 state.pending_since = now
             state.last_change = now
+            state.changed_at = time.time()
             state.pending.update(matched)
             self._arm(state)
 
@@ -167,6 +188,7 @@ class Scheduler:
             if on_start_only and not state.check.run_on_start:
                 continue
             state.whole = True
+            state.changed_at = time.time()  # what changed before is unknown: rerun it all
             self._arm(state, now=True)
 
     async def wait_idle(self) -> None:
@@ -303,6 +325,8 @@ class Scheduler:
                         state.seen = {f: _digest(self.root / f) for f in state.looping}
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
                                              environ=self.environ, ledger=self.ledger)
+                    if self.on_state is not None:
+                        self.on_state()
                     try:
                         run, findings = await state.current.run()
                     finally:
@@ -326,3 +350,5 @@ class Scheduler:
                     break  # changes are still coming: the timer starts the queued run
         finally:
             state.task = None
+            if self.on_state is not None:  # also when it ended without a run (deletions)
+                self.on_state()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -83,6 +84,28 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters, line separators and undecodable bytes (surrogates) as escapes.
+
+    File names, check output and config values reach log lines: a directory named
+    "x\nssh-ed25519 AAAA..." must stay on its line, not become a line of its own.
+    """
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class OneLineFilter(logging.Filter):
+    """Every message, arguments included, becomes one printable line (tracebacks still
+    follow on their own lines: they come from our code, not from the project)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = escape_controls(record.getMessage())
+        record.args = None
+        return True
+
+
 def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
     """systemd sets JOURNAL_STREAM=dev:ino of the stream it connected to stderr."""
     env = os.environ if environ is None else environ
@@ -111,5 +134,6 @@ def setup_logging(project: str, *, handler: logging.Handler | None = None,
         handler.setFormatter(
             logging.Formatter("%(asctime)s devloop[%(process)d] %(levelname)s %(message)s")
         )
+    handler.addFilter(OneLineFilter())
     root.addHandler(handler)
     root.setLevel(level)

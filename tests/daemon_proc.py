@@ -115,8 +115,7 @@ class DaemonProc:
         return self.log_path.read_text(errors="replace")
 
     def drain(self, timeout: float = 0.0) -> None:
-        self.sock.settimeout(timeout if timeout > 0 else None)
-        self.sock.setblocking(timeout > 0)
+        self.sock.settimeout(timeout if timeout > 0 else 0.0)  # never blocks for ever
         try:
             while True:
                 data = self.sock.recv(65536)

@@ -8,6 +8,7 @@ and say so. Timeouts are generous and only there to avoid hanging.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import textwrap
@@ -105,6 +106,20 @@ def test_edit_runs_check_and_journal_has_fields(proj: DevloopSystem) -> None:
     # `-o verbose` shows the same fields
     verbose = proj.sd.journal("-u", proj.unit("proj"), "-o", "verbose", "DEVLOOP_CHECK=fails")
     assert "DEVLOOP_OUTCOME=fail" in verbose and f"DEVLOOP_PROJECT={d}" in verbose
+
+
+def test_status_wait_under_the_unit(proj: DevloopSystem) -> None:
+    """`status --wait` (as alice) asks the hardened daemon through its FIFO in .devloop/
+    and returns with the result of a save made just before."""
+    d = proj.project_dir("proj")
+    proj.sd.write_file(f"{d}/wait.bad", "!\n", owner=USER)
+    r = proj.devloop("status", d, "fails", "--wait", "--timeout", "120")
+    assert r.returncode == 1, r
+    assert "fails: fail" in r.stdout and "| broken" in r.stdout, r
+    assert "no daemon" not in r.stdout, r
+    r = proj.devloop("status", d, "--json")
+    assert all(e["state"] == "idle" and e["stale"] is False
+               for e in json.loads(r.stdout)), r
 
 
 def test_journalctl_match_on_devloop_check(proj: DevloopSystem) -> None:

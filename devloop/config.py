@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pathspec
 
+from devloop import tools
 from devloop.errors import EX_CONFIG, DevloopError
 from devloop.ignore import compile_spec, matchable
+from devloop.tools import env as tool_env
 
 CONFIG_NAME = "devloop.toml"
 FILES_PLACEHOLDER = "{files}"
@@ -36,6 +37,7 @@ class Check:
     timeout_s: float = 300.0
     run_on_start: bool = True
     on_busy: OnBusy = "queue"
+    tool: str | None = None  # the adapter (devloop/tools/) by name; None: from the command
     spec: pathspec.GitIgnoreSpec = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,22 +100,35 @@ def _check(where: str, name: str, table: object) -> Check:
     key = f"checks.{name}"
     if not isinstance(table, dict):
         raise _fail(where, key, "must be a table")
-    known = {"command", "patterns", "shell", "debounce_ms", "timeout_s", "run_on_start", "on_busy"}
+    known = {"command", "patterns", "shell", "debounce_ms", "timeout_s", "run_on_start", "on_busy",
+             "tool"}
     for k in table:
         if k not in known:
             raise _fail(where, f"{key}.{k}", "unknown key")
     for required in ("command", "patterns"):
         if required not in table:
             raise _fail(where, f"{key}.{required}", "missing")
-    command = _str_list(where, f"{key}.command", table["command"])
-    if not command or not command[0]:
+    shell = _bool(where, f"{key}.shell", table.get("shell", False))
+    if shell:  # one string, as a shell script is written; a list of one string also works
+        raw = table["command"]
+        if isinstance(raw, list) and len(raw) == 1:
+            raw = raw[0]
+        if not isinstance(raw, str):
+            raise _fail(where, f"{key}.command", "with shell = true, must be one string")
+        command: tuple[str, ...] = (raw,)
+    else:
+        command = _str_list(where, f"{key}.command", table["command"])
+    if not command or not command[0].strip():
         raise _fail(where, f"{key}.command", "must not be empty")
     patterns = _str_list(where, f"{key}.patterns", table["patterns"], globs=True)
     if not patterns:
         raise _fail(where, f"{key}.patterns", "must not be empty")
-    shell = _bool(where, f"{key}.shell", table.get("shell", False))
-    if shell and len(command) != 1:
-        raise _fail(where, f"{key}.command", "with shell = true, must be one string")
+    tool = table.get("tool")
+    if tool is not None and tool not in tools.NAMES:
+        raise _fail(where, f"{key}.tool", f"must be one of {', '.join(tools.NAMES)}")
+    if shell and tool not in (None, "generic"):
+        raise _fail(where, f"{key}.tool", "a shell command can only be generic (an adapter "
+                    "changes the argv, and a shell string has none)")
     if shell and FILES_PLACEHOLDER in command[0]:
         raise _fail(
             where,
@@ -137,6 +152,7 @@ def _check(where: str, name: str, table: object) -> Check:
                           maximum=86_400),
         run_on_start=_bool(where, f"{key}.run_on_start", table.get("run_on_start", True)),
         on_busy=on_busy,
+        tool=tool,
     )
 
 
@@ -205,58 +221,69 @@ def load(root: Path) -> Config:
     return parse(data, str(path))
 
 
-def _find_tool(root: Path, name: str) -> str | None:
-    """A tool from the project's own venv first, then PATH."""
-    for venv in (".venv", "venv"):
-        candidate = root / venv / "bin" / name
-        if os.access(candidate, os.X_OK):
-            return f"{venv}/bin/{name}"
-    return name if shutil.which(name) else None
+def find_tool(root: Path, name: str) -> str | None:
+    """Where `name` would run from in a check: the project's venv first, then PATH."""
+    venv = tool_env.project_venv(root)
+    path = os.pathsep.join(filter(None, [str(venv / "bin") if venv else None,
+                                         os.environ.get("PATH", os.defpath)]))
+    return shutil.which(name, path=path)
 
 
-_Factory = Callable[[str], Check]
-
-_OPTIONAL_TOOLS: dict[str, _Factory] = {
-    "ruff": lambda exe: Check(
+# Each known tool by name only: checks run with the project's venv first on PATH, so
+# devloop.toml never holds a path that only exists on this machine.
+OPTIONAL_CHECKS: dict[str, Check] = {
+    "ruff": Check(
         name="ruff",
-        command=(exe, "check", "--output-format=json", "--no-cache", FILES_PLACEHOLDER),
+        command=("ruff", "check", FILES_PLACEHOLDER),
         patterns=("*.py", "*.pyi", "pyproject.toml", "ruff.toml", ".ruff.toml"),
     ),
-    "mypy": lambda exe: Check(
+    "mypy": Check(
         name="mypy",
-        command=(exe, "--show-column-numbers", "--no-error-summary", "--no-incremental",
+        command=("mypy", "--show-column-numbers", "--no-error-summary", "--no-incremental",
                  FILES_PLACEHOLDER),
         patterns=("*.py", "*.pyi"),
         debounce_ms=300,
     ),
-    "pytest": lambda exe: Check(  # only where the project has tests: see default_checks
+    "pytest": Check(  # only where the project has tests: see default_checks
         name="pytest",
-        command=(exe, "-q", "-p", "no:cacheprovider"),
+        command=("pytest", "-q"),
         patterns=("*.py",),
         debounce_ms=500,
         timeout_s=600,
     ),
 }
 
+SYNTAX_CHECK = Check(
+    name="python-syntax",
+    command=("python", "-m", "devloop.tools.pysyntax", FILES_PLACEHOLDER),
+    patterns=("*.py",),
+    debounce_ms=50,
+    timeout_s=60,
+)
 
-def default_checks(root: Path) -> tuple[Check, ...]:
-    """Checks that work with nothing installed, plus the usual tools that are."""
-    checks = [
-        Check(
-            name="python-syntax",
-            command=(sys.executable, "-m", "devloop.pysyntax", FILES_PLACEHOLDER),
-            patterns=("*.py",),
-            debounce_ms=50,
-            timeout_s=60,
-        )
-    ]
-    has_tests = any((root / d).is_dir() for d in ("tests", "test")) or any(
-        (root / f).is_file() for f in ("pytest.ini", "conftest.py")
-    )
-    for tool, factory in _OPTIONAL_TOOLS.items():
-        if tool == "pytest" and not has_tests:
+
+def looks_tested(root: Path) -> bool:
+    """A cheap guess at whether pytest would find tests (no process: the daemon's loop
+    calls this when a project has no devloop.toml; `devloop init` asks pytest itself)."""
+    if any((root / f).is_file() for f in ("pytest.ini", "conftest.py")):
+        return True
+    try:
+        tops = [root, *(d for d in root.iterdir() if d.is_dir() and d.name[0] not in "._")]
+    except OSError:
+        tops = [root]
+    if any((top / "tests").is_dir() or (top / "test").is_dir() for top in tops):
+        return True
+    return any(root.glob("test_*.py"))
+
+
+def default_checks(root: Path, *, tested: bool | None = None) -> tuple[Check, ...]:
+    """Checks that work with nothing installed, plus the usual tools that are.
+
+    tested: whether pytest finds tests here; None: guess (see looks_tested)."""
+    checks = [SYNTAX_CHECK]
+    for tool, check in OPTIONAL_CHECKS.items():
+        if tool == "pytest" and not (looks_tested(root) if tested is None else tested):
             continue  # pytest exits 5 (a failure) when it collects nothing
-        exe = _find_tool(root, tool)
-        if exe is not None:
-            checks.append(factory(exe))
+        if find_tool(root, tool) is not None:
+            checks.append(check)
     return tuple(checks)

@@ -1,9 +1,12 @@
-"""Spawning one check: argv, scrubbed environment, process group, timeout, bounded output.
+"""Spawning one check: argv, environment, process group, timeout, bounded output.
 
 A check runs in a session (and process group) of its own, so a timeout or a
 stop reaches every process it started in that group: SIGTERM first, SIGKILL
-after a grace period. Output is captured through a pipe and bounded: the
-first and the last part are kept, the middle of a huge output is dropped.
+after a grace period. stdout and stderr are captured through two pipes, each
+bounded: the first and the last part are kept, the middle of a huge output is
+dropped. The check's adapter (devloop/tools/) prepares the argv and reads the
+result; a file list too long for one exec() is split into several runs whose
+results are merged (as xargs and pre-commit do).
 """
 
 from __future__ import annotations
@@ -13,33 +16,29 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from devloop import tools
 from devloop.config import FILES_PLACEHOLDER, Check
-from devloop.findings import Finding, parse
+from devloop.findings import Finding
 from devloop.reaper import LIVE_LEADERS, GroupLedger
 from devloop.store import Outcome, Run
+from devloop.tools import env as tool_env
 
 log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 3.0
-HEAD_BYTES = 512 * 1024  # kept from the start of the output (findings come first)
+HEAD_BYTES = 512 * 1024  # kept from the start of each stream (findings come first)
 TAIL_BYTES = 512 * 1024  # kept from its end (summaries come last)
-STORED_OUTPUT = 64 * 1024  # of which the database keeps the tail
+STORED_OUTPUT = 64 * 1024  # of which the database keeps the tail (3/4 stdout, 1/4 stderr)
 READ_CHUNK = 64 * 1024
-SCRUBBED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID")
-
-
-def check_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """What a check sees: ours, minus what belongs to the daemon's service manager."""
-    return {
-        k: v
-        for k, v in environ.items()
-        if k not in SCRUBBED and not k.startswith("LISTEN_")
-    }
+ARG_MARGIN = 16 * 1024  # room left for what an adapter adds to the argv and environment
+POINTER = 8  # each argument and variable also costs a pointer in exec()'s limit
 
 
 def build_argv(check: Check, files: Sequence[str]) -> list[str]:
@@ -55,6 +54,30 @@ def build_argv(check: Check, files: Sequence[str]) -> list[str]:
     return argv
 
 
+def _arg_size(arg: str) -> int:
+    return len(os.fsencode(arg)) + 1 + POINTER
+
+
+def partition(check: Check, files: Sequence[str], env: Mapping[str, str]) -> list[list[str]]:
+    """`files` in batches whose argv fits below ARG_MAX with `env` (pre-commit's
+    xargs.partition). One batch when the check takes no files or they all fit."""
+    if not (check.takes_files or check.shell) or not files:
+        return [list(files)]
+    limit = os.sysconf("SC_ARG_MAX") - ARG_MARGIN - sum(
+        _arg_size(f"{k}={v}") for k, v in env.items())
+    fixed = sum(_arg_size(a) for a in build_argv(check, []))
+    batches: list[list[str]] = [[]]
+    used = fixed
+    for f in files:
+        size = _arg_size(f if not f.startswith("-") else f"./{f}")
+        if batches[-1] and used + size > limit:
+            batches.append([])
+            used = fixed
+        batches[-1].append(f)
+        used += size
+    return batches
+
+
 class _Output:
     """A bounded capture: head and tail, with the count of bytes dropped in between."""
 
@@ -62,8 +85,10 @@ class _Output:
         self.head = bytearray()
         self.tail = bytearray()
         self.dropped = 0
+        self.size = 0
 
     def feed(self, data: bytes) -> None:
+        self.size += len(data)
         room = HEAD_BYTES - len(self.head)
         if room > 0:
             self.head += data[:room]
@@ -75,10 +100,11 @@ class _Output:
                 del self.tail[:excess]
                 self.dropped += excess
 
-    def text(self) -> str:
+    def stream(self) -> tools.Stream:
         middle = f"\n[... {self.dropped} bytes of output dropped ...]\n" if self.dropped else ""
-        return (bytes(self.head).decode(errors="replace") + middle
+        text = (bytes(self.head).decode(errors="replace") + middle
                 + bytes(self.tail).decode(errors="replace"))
+        return tools.Stream(text=text, size=self.size, complete=not self.dropped)
 
 
 def _kill_group(pgid: int, sig: int) -> bool:
@@ -110,40 +136,108 @@ class CheckRun:
     async def run(self) -> tuple[Run, list[Finding]]:
         started = time.time()
         t0 = time.monotonic()
-        argv = build_argv(self.check, self.files)
-        out = _Output()
-        # Our own pipe, not asyncio's: a process that escapes the group and keeps the
+        adapter = tools.adapter_for(self.check)
+        temporary: Path | None = None
+        try:
+            cache = tool_env.cache_dir(self.root, self.environ)
+        except OSError as exc:  # read-only .devloop/, a planted symlink: the check still runs
+            _cache_problem(f"cannot use the tool cache directory ({exc}): this run uses a "
+                           "temporary one")
+            cache = temporary = Path(tempfile.mkdtemp(prefix="devloop-cache-"))
+        else:
+            _cache_problem(None)
+        try:
+            return await self._run_in(adapter, cache, started, t0)
+        finally:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+
+    async def _run_in(self, adapter: tools.Adapter, cache: Path, started: float, t0: float,
+                      ) -> tuple[Run, list[Finding]]:
+        env = tool_env.environment(self.root, self.environ, cache)
+        reports: list[tools.Report] = []
+        texts: list[str] = []
+        code: int | None = None
+        outcome: Outcome = "pass"
+        for batch in partition(self.check, self.files, env):
+            remaining = self.check.timeout_s - (time.monotonic() - t0)
+            batch_code, batch_outcome, text, report = await self._run_batch(
+                adapter, batch, dict(env), cache, max(remaining, 0.001))
+            if code in (None, 0):  # the first batch that did not pass gives the exit code
+                code = batch_code
+            texts.append(text)
+            reports.append(report)
+            if batch_outcome != "pass":
+                outcome = batch_outcome
+            if batch_outcome not in ("pass", "fail"):
+                break  # error, timeout or cancelled: the check as a whole is that
+        report = tools.merge(reports)
+        if outcome not in ("pass", "fail"):
+            report = tools.Report(reason=report.reason)
+        return (self._result(started, t0, code, outcome, "\n".join(texts), report),
+                report.findings)
+
+    async def _run_batch(self, adapter: tools.Adapter, files: Sequence[str],
+                         env: dict[str, str], cache: Path, timeout: float,
+                         ) -> tuple[int | None, Outcome, str, tools.Report]:
+        try:
+            runs = cache / "runs"
+            runs.mkdir(mode=0o700, exist_ok=True)
+            report_dir = Path(tempfile.mkdtemp(prefix="run.", dir=runs))
+        except OSError:  # a cache that cannot take more (read-only, full): elsewhere
+            report_dir = Path(tempfile.mkdtemp(prefix="devloop-run-"))
+        try:
+            inv = tools.Invocation(argv=build_argv(self.check, files), env=env, root=self.root,
+                                   files=tuple(files), whole=self.whole,
+                                   report_dir=report_dir, cache_dir=cache)
+            try:
+                await adapter.prepare(inv)
+            except Exception as exc:  # the check fails visibly; the daemon goes on
+                log.exception("check %s: the %s adapter failed to prepare the run",
+                              self.check.name, adapter.name)
+                msg = f"devloop: cannot prepare the run: {exc}"
+                return None, "error", msg, tools.Report(reason=msg)
+            return await self._spawn(adapter, inv, timeout)
+        finally:
+            shutil.rmtree(report_dir, ignore_errors=True)
+
+    async def _spawn(self, adapter: tools.Adapter, inv: tools.Invocation, timeout: float,
+                     ) -> tuple[int | None, Outcome, str, tools.Report]:
+        out, err = _Output(), _Output()
+        # Our own pipes, not asyncio's: a process that escapes the group and keeps a
         # pipe open must not keep the run from ending (asyncio waits for its pipes).
-        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        rout, wout = os.pipe2(os.O_CLOEXEC)
+        rerr, werr = os.pipe2(os.O_CLOEXEC)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *inv.argv,
                 cwd=self.root,
-                env=check_environment(self.environ),
+                env=inv.env,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=wfd,
-                stderr=wfd,
+                stdout=wout,
+                stderr=werr,
                 start_new_session=True,
             )
         except OSError as exc:
-            os.close(rfd)
+            os.close(rout)
+            os.close(rerr)
             reason = "argument list too long" if exc.errno == errno.E2BIG else exc.strerror
-            msg = f"devloop: cannot start {argv[0]!r}: {reason}"
-            return self._result(started, t0, None, "error", msg), []
+            msg = f"devloop: cannot start {inv.argv[0]!r}: {reason}"
+            return None, "error", msg, tools.Report(reason=msg)
         finally:
-            os.close(wfd)
+            os.close(wout)
+            os.close(werr)
         LIVE_LEADERS.add(proc.pid)
         if self.ledger is not None:
             self.ledger.add(proc.pid)
-        eof = self._read(rfd, out)
+        eofs = [self._read(rout, out), self._read(rerr, err)]
         waiter = asyncio.create_task(proc.wait())
         waiter.add_done_callback(lambda _: LIVE_LEADERS.discard(proc.pid))
         cancel = asyncio.create_task(self._cancelled.wait())
         outcome: Outcome | None = None
         try:
             done, _ = await asyncio.wait(
-                {waiter, cancel}, timeout=self.check.timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
+                {waiter, cancel}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED,
             )
             if waiter not in done:
                 outcome = "cancelled" if cancel in done else "timeout"
@@ -158,10 +252,12 @@ class CheckRun:
             if self.ledger is not None:
                 self.ledger.remove(proc.pid)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                # the rest of the output; an escaped process may hold the pipe for ever
-                await asyncio.wait_for(asyncio.shield(eof), 1.0)
-            asyncio.get_running_loop().remove_reader(rfd)
-            os.close(rfd)
+                # the rest of the output; an escaped process may hold a pipe for ever
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*eofs)), 1.0)
+            loop = asyncio.get_running_loop()
+            for fd in (rout, rerr):
+                loop.remove_reader(fd)
+                os.close(fd)
         code = proc.returncode
         if outcome is None:
             if code == 0:
@@ -170,11 +266,22 @@ class CheckRun:
                 outcome = "error"
             else:
                 outcome = "fail"
-        text = out.text()
+        finished = tools.Finished(stdout=out.stream(), stderr=err.stream(),
+                                  exit_code=code if code is not None else -1)
+        text = _stored_text(finished)
         if outcome == "timeout":
             text += f"\ndevloop: timed out after {self.check.timeout_s:g}s"
-        findings = parse(self.root, text) if outcome in ("pass", "fail") else []
-        return self._result(started, t0, code, outcome, text), findings
+        report = tools.Report()
+        if outcome in ("pass", "fail"):
+            try:
+                report = adapter.parse(inv, finished)
+            except Exception as exc:  # a bug in reading a report must not stop the daemon
+                log.exception("check %s: the %s adapter failed to read the result",
+                              self.check.name, adapter.name)
+                report = tools.Report(reason=f"devloop: cannot read the result: {exc}")
+            if report.outcome is not None:
+                outcome = report.outcome
+        return code, outcome, text, report
 
     async def _terminate(self, proc: asyncio.subprocess.Process, waiter: asyncio.Task[int]) -> None:
         _kill_group(proc.pid, signal.SIGTERM)
@@ -210,8 +317,7 @@ class CheckRun:
         return eof
 
     def _result(self, started: float, t0: float, code: int | None, outcome: Outcome,
-                text: str) -> Run:
-        stored = text[-STORED_OUTPUT:]
+                text: str, report: tools.Report) -> Run:
         return Run(
             check=self.check.name,
             started=started,
@@ -219,6 +325,30 @@ class CheckRun:
             exit_code=code,
             outcome=outcome,
             files=None if self.whole else self.files,
-            output=stored,
+            output=text[-STORED_OUTPUT:],
             covers_all=self.whole or not self.check.takes_files,
+            counts=report.counts,
+            reason=report.reason,
         )
+
+
+_logged_cache_problem: list[str] = []  # the one logged, until the cache works again
+
+
+def _cache_problem(problem: str | None) -> None:
+    """Log a tool cache problem once, and when it is gone."""
+    if problem is None:
+        if _logged_cache_problem:
+            log.info("the tool cache directory works again")
+            _logged_cache_problem.clear()
+    elif problem not in _logged_cache_problem:
+        log.warning("%s", problem)
+        _logged_cache_problem[:] = [problem]
+
+
+def _stored_text(done: tools.Finished) -> str:
+    """Both streams for the record: the tail of stdout, then the tail of stderr."""
+    text = done.stdout.text[-(STORED_OUTPUT * 3 // 4):]
+    if done.stderr.text.strip():
+        text += f"\n[stderr]\n{done.stderr.text[-(STORED_OUTPUT // 4):]}"
+    return text

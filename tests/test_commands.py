@@ -25,7 +25,7 @@ def test_init_writes_loadable_defaults_and_gitignore(tmp_path: Path) -> None:
 def test_run_whole_project_then_files(tmp_path: Path) -> None:
     (tmp_path / "devloop.toml").write_text(
         "[checks.syntax]\n"
-        f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+        f'command = ["{sys.executable}", "-m", "devloop.tools.pysyntax", "{{files}}"]\n'
         'patterns = ["*.py"]\n'
     )
     (tmp_path / "ok.py").write_text("x = 1\n")
@@ -78,7 +78,7 @@ def test_huge_output_is_bounded(tmp_path: Path) -> None:
 def test_run_reuses_fresh_results_only_while_fresh(tmp_path: Path) -> None:
     (tmp_path / "devloop.toml").write_text(
         "[checks.syntax]\n"
-        f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+        f'command = ["{sys.executable}", "-m", "devloop.tools.pysyntax", "{{files}}"]\n'
         'patterns = ["*.py"]\n'
     )
     (tmp_path / "ok.py").write_text("x = 1\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 import subprocess
 import sys
@@ -90,11 +91,40 @@ def test_defaults_without_config_work_with_nothing_installed(tmp_path: Path) -> 
     assert "pytest" not in names  # no tests directory
     venv_bin = tmp_path / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
-    (venv_bin / "mypy").write_text("#!/bin/sh\n")
-    (venv_bin / "mypy").chmod(0o755)
-    (tmp_path / "tests").mkdir()
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv_bin / "no-such-tool-but-here").write_text("#!/bin/sh\n")
+    (venv_bin / "no-such-tool-but-here").chmod(0o755)
+    (tmp_path / "pkg" / "tests").mkdir(parents=True)  # toolz/tests/ style
+    assert config.find_tool(tmp_path, "no-such-tool-but-here") == str(
+        venv_bin / "no-such-tool-but-here")
     by_name = {c.name: c for c in config.load(tmp_path).checks}
-    assert by_name["mypy"].command[0] == ".venv/bin/mypy"
+    # found in the venv or on PATH, but written by name only: no path of this machine
+    assert all(not os.path.isabs(c.command[0]) for c in by_name.values())
+    assert by_name["python-syntax"].command[:3] == ("python", "-m", "devloop.tools.pysyntax")
+    assert "pytest" in by_name  # the tests live in pkg/tests
+
+
+def test_tool_key_is_validated(tmp_path: Path) -> None:
+    assert "checks.a.tool: must be one of generic, " in load_error(tmp_path, GOOD + 'tool = "x"\n')
+    assert "checks.a.tool: must be one of" in load_error(tmp_path, GOOD + "tool = 3\n")
+    shell = '[checks.a]\ncommand = "make lint"\nshell = true\npatterns = ["*"]\n'
+    assert "a shell command can only be generic" in load_error(
+        tmp_path, shell + 'tool = "ruff"\n')
+    (tmp_path / "devloop.toml").write_text(GOOD + 'tool = "pytest"\n')
+    assert config.load(tmp_path).checks[0].tool == "pytest"
+
+
+def test_shell_command_is_one_string(tmp_path: Path) -> None:
+    """What the README says: `command = "…"` with shell = true (a list of one also loads)."""
+    for command in ('"make lint && echo ok"', '["make lint && echo ok"]'):
+        (tmp_path / "devloop.toml").write_text(
+            f"[checks.a]\ncommand = {command}\nshell = true\npatterns = [\"*\"]\n")
+        check = config.load(tmp_path).checks[0]
+        assert check.command == ("make lint && echo ok",) and check.shell
+    assert "must be one string" in load_error(
+        tmp_path, '[checks.a]\ncommand = 3\nshell = true\npatterns = ["*"]\n')
+    assert "must not be empty" in load_error(
+        tmp_path, '[checks.a]\ncommand = " "\nshell = true\npatterns = ["*"]\n')
 
 
 toml_scalars = st.one_of(
@@ -103,7 +133,7 @@ toml_scalars = st.one_of(
     st.lists(st.integers(), max_size=3),
 )
 keys = st.sampled_from(["command", "patterns", "shell", "debounce_ms", "timeout_s",
-                        "run_on_start", "on_busy", "bogus"])
+                        "run_on_start", "on_busy", "tool", "bogus"])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

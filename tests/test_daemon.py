@@ -54,7 +54,7 @@ def test_edit_runs_the_matching_check_with_the_file(project: Path, tmp_path: Pat
 def test_status_and_findings_replaced_per_file(project: Path, start_daemon: Start) -> None:
     (project / "devloop.toml").write_text(
         "[checks.syntax]\n"
-        f'command = ["{sys.executable}", "-m", "devloop.pysyntax", "{{files}}"]\n'
+        f'command = ["{sys.executable}", "-m", "devloop.tools.pysyntax", "{{files}}"]\n'
         'patterns = ["*.py"]\ndebounce_ms = 0\n'
     )
     (project / "good.py").write_text("x = 1\n")

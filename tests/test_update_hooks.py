@@ -8,7 +8,7 @@ from pathlib import Path
 from ops_helpers import devloop, make_project
 
 TOML = """[checks.syntax]
-command = ["python3", "-m", "devloop.pysyntax", "{files}"]
+command = ["python3", "-m", "devloop.tools.pysyntax", "{files}"]
 patterns = ["*.py"]
 """
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tomllib
 from pathlib import Path
 
-from devloop import config
+from devloop import config, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
 from devloop.errors import EX_CANTCREAT, EX_OK, DevloopError
+from devloop.tools import env as tool_env
+from devloop.tools import pytest as pytest_tool
 
 GITIGNORE_LINE = ".devloop/"
 
@@ -19,8 +22,11 @@ def add_parser(sub: Subparsers) -> None:
         "init",
         help="write devloop.toml with the checks found for this project",
         description="Write DIR/devloop.toml with the built-in checks (a Python syntax check) "
-        "and ruff, mypy and pytest when they are on PATH or in DIR/.venv; add .devloop/ to "
-        "DIR/.gitignore. An existing devloop.toml is never overwritten (exit 73).",
+        "and ruff, mypy and pytest when they are in DIR/.venv (or DIR/venv) or on PATH; "
+        "pytest only when `pytest --collect-only` finds tests (else it says why). Commands "
+        "name tools, never a path of this machine: checks run with the project's venv first "
+        "on PATH. Adds .devloop/ to DIR/.gitignore. An existing devloop.toml is never "
+        "overwritten (exit 73).",
     )
     add_dir_argument(p)
     p.set_defaults(func=run)
@@ -63,10 +69,23 @@ def _ensure_gitignored(root: Path) -> bool:
     return True
 
 
+def _pytest_verdict(root: Path) -> tuple[bool, str | None]:
+    """Whether the project's pytest finds tests, asked in the environment checks get."""
+    statedir.ensure(root)  # the cache inside it is where pytest's own state goes
+    try:
+        cache = tool_env.cache_dir(root, os.environ)
+    except OSError as exc:
+        raise DevloopError(f"cannot use the tool cache directory: {exc}", EX_CANTCREAT) from None
+    return pytest_tool.collects_tests(root, tool_env.environment(root, os.environ, cache), cache)
+
+
 def run(args: argparse.Namespace) -> int:
     root = project_root(args.dir)
     target = root / config.CONFIG_NAME
-    checks = config.default_checks(root)
+    if target.exists():
+        raise DevloopError(f"{target} already exists: not overwriting it", EX_CANTCREAT)
+    tested, note = _pytest_verdict(root)
+    checks = config.default_checks(root, tested=tested)
     text = render(checks)
     config.parse(tomllib.loads(text), str(target))  # what we write must load
     try:
@@ -77,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise DevloopError(f"cannot write {target}: {exc.strerror}", EX_CANTCREAT) from None
     print(f"wrote {target}: {', '.join(c.name for c in checks)}")
+    if note is not None:
+        print(f"{'pytest' if tested else 'no pytest check'}: {note}")
     if _ensure_gitignored(root):
         print(f"added {GITIGNORE_LINE} to {root / '.gitignore'}")
     return EX_OK

@@ -1,7 +1,9 @@
-"""The built-in check: does each Python file compile? Needs nothing but the interpreter.
+"""The built-in syntax check's script: does each Python file compile?
 
-Prints `path:line:col: error: SyntaxError: message`, the common findings form,
-and writes no bytecode (the project may be read-only under systemd).
+Standard library only: the pysyntax adapter runs this file by its path with the
+project's own interpreter (`python -I`), so a file is judged by the Python the
+project uses. Prints `path:line:col: error: SyntaxError: message`, the common
+findings form, and writes no bytecode (the project may be read-only).
 """
 
 from __future__ import annotations

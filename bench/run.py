@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +62,11 @@ class Scale:
 
 FULL = Scale("full", 10_000, 100_000, 20_000, 20_000, 200, 60.0, 50_000, 30.0, 2.5, 1024)
 QUICK = Scale("quick", 100, 1_000, 200, 200, 20, 5.0, 1_000, 8.0, 1.5, 64)
+# monorepo tier: only the right-after-ready pass (no idle window, no storms)
+HUGE = Scale("huge", 100_000, 1_000_000, 20_000, 20_000, 20, 0.0, 0, 60.0, 2.5, 1024)
+AFTER_READY_EDITS = 20  # edits made from READY on, in the right-after-ready pass
+STALL_MS = 20  # a callback holding DevLoop's event loop longer than this is a stall
+SLOW_CALLBACK_ENV = "DEVLOOP_SLOW_CALLBACK_MS"  # DevLoop's bench mode (asyncio debug)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -410,6 +416,9 @@ class Tool:
     debounce = ""
     names_how = ""  # how the changed file names reach the check
     per_edit_gap_s = 0.05
+
+    def __init__(self) -> None:
+        self.extra_env: dict[str, str] = {}  # set for one pass (DevLoop's bench mode)
 
     def unavailable(self) -> str | None:
         return None
@@ -788,7 +797,7 @@ class DevLoop(Tool):
             [sys.executable, "-m", "devloop", "watch", "--foreground", str(ctx.tree.root)],
             ctx,
             logdir,
-            extra_env={"NOTIFY_SOCKET": str(sock_path)},
+            extra_env={"NOTIFY_SOCKET": str(sock_path), **self.extra_env},
         )
 
         def close() -> None:
@@ -899,9 +908,9 @@ def write_file(path: Path, data: bytes) -> int:
     return t
 
 
-def phase_reaction(r: Running, ctx: Ctx, tool: Tool) -> dict[str, Any]:
+def phase_reaction(r: Running, ctx: Ctx, tool: Tool, count: int | None = None) -> dict[str, Any]:
     rng = random.Random(1234)
-    picks = rng.sample(ctx.tree.files, ctx.scale.edits)
+    picks = rng.sample(ctx.tree.files, count or ctx.scale.edits)
     skip = set(os.listdir(r.logdir))
     edits: list[tuple[str, int]] = []
     for k, rel in enumerate(picks):
@@ -988,6 +997,54 @@ def phase_storm(
     }
 
 
+def slow_callbacks(errfile: Path, offset: int) -> list[float]:
+    """Durations (ms) of the callbacks asyncio's debug mode logged, from offset on, until
+    the tool was told to stop (its shutdown is not part of watching)."""
+    with open(errfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace").partition(" INFO stopping\n")[0]
+    return [float(m) * 1000 for m in re.findall(r" took (\d+\.\d+) seconds", text)]
+
+
+def phase_after_ready(tool: Tool, ctx: Ctx, logdir: Path, stall: bool = False) -> dict[str, Any]:
+    """A fresh start; edits from the moment it is ready; CPU from ready until it is quiet.
+
+    stall=True (DevLoop): the same in DevLoop's bench mode, which logs every callback
+    that held its event loop longer than STALL_MS (asyncio debug mode, which slows it:
+    the other figures of that pass are not reported).
+    """
+    errfile = ctx.workdir / "stderr" / logdir.name
+    offset = errfile.stat().st_size if errfile.exists() else 0
+    if stall:
+        tool.extra_env = {SLOW_CALLBACK_ENV: str(STALL_MS)}
+    try:
+        r = tool.start(ctx, logdir)
+    finally:
+        tool.extra_env = {}
+    try:
+        u0 = usage(r.proc.pid, with_watches=False)
+        t0 = time.monotonic()
+        out: dict[str, Any] = {"ready_s": round(r.startup_s, 3), "loadavg_at_ready": " ".join(
+            (read_text("/proc/loadavg") or "").split()[:3])}
+        reaction = phase_reaction(r, ctx, tool, AFTER_READY_EDITS)
+        quiet = wait_quiet(r, ctx.scale.quiet_s, 300)
+        u1 = usage(r.proc.pid, with_watches=False)
+        out.update(
+            reaction,
+            runs_per_edit=round(reaction["runs_during_edits"] / reaction["edits"], 2),
+            cpu_ready_to_quiet_s=round(u1.cpu_s - u0.cpu_s, 2),
+            quiet_after_ready_s=round(time.monotonic() - t0, 1) if quiet else None,
+            rss_mib=round(u1.rss_mib, 1),
+        )
+    finally:
+        tool.stop(r)
+    if stall:
+        took = slow_callbacks(errfile, offset)
+        return {"stalls": len(took), "longest_ms": round(max(took), 1) if took else None,
+                "threshold_ms": STALL_MS}
+    return out
+
+
 @contextlib.contextmanager
 def small_queue(n: int) -> Iterator[int]:
     old = int(QUEUE_SYSCTL.read_text())
@@ -1015,6 +1072,8 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
     logdir = ctx.workdir / "logs" / tool.name.split()[0]
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
+    if ctx.scale is HUGE:  # the monorepo tier: only the pass right after ready
+        return bench_after_ready(tool, ctx, logdir, res)
     log(f"{tool.name}: start-up")
     try:
         r = tool.start(ctx, logdir)
@@ -1069,6 +1128,19 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
         if tail:
             res["storm_overflow"]["error"] += f"; its stderr ends: {tail[:300]}"
         log(f"{tool.name}: overflow storm: {e}")
+    return bench_after_ready(tool, ctx, logdir, res)
+
+
+def bench_after_ready(tool: Tool, ctx: Ctx, logdir: Path, res: dict[str, Any]) -> dict[str, Any]:
+    log(f"{tool.name}: right after ready ({AFTER_READY_EDITS} edits)")
+    try:
+        res["after_ready"] = phase_after_ready(tool, ctx, logdir)
+        if isinstance(tool, DevLoop):
+            log(f"{tool.name}: loop stalls (bench mode)")
+            res["loop_stall"] = phase_after_ready(tool, ctx, logdir, stall=True)
+    except Exception as e:
+        res["after_ready_error"] = f"{type(e).__name__}: {e}"
+        log(f"{tool.name}: right after ready: {res['after_ready_error']}")
     return res
 
 
@@ -1273,6 +1345,37 @@ def targets(results: list[dict[str, Any]], tree: Tree) -> str:
     return "\n".join(lines)
 
 
+def after_ready_table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| Tool | Ready (s) | Reaction median (ms) | Reaction p99 (ms) | Runs per edit | "
+        "CPU ready → quiet (s) | Quiet after (s) | RSS (MiB) | Load average at ready |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        a = r.get("after_ready")
+        if not a:
+            why = r.get("unavailable") or r.get("after_ready_error") or r.get("error") or "-"
+            rows.append(f"| {r['tool']} | not measured: {why} |" + " |" * 7)
+            continue
+        rows.append(
+            f"| {r['tool']} | {a['ready_s']:.2f} | {fmt(a.get('reaction_median_ms'), '.2f')} | "
+            f"{fmt(a.get('reaction_p99_ms'), '.2f')} | {a['runs_per_edit']:.2f} | "
+            f"{a['cpu_ready_to_quiet_s']:.2f} | {fmt(a.get('quiet_after_ready_s'), '.1f')} | "
+            f"{a['rss_mib']:.1f} | {a.get('loadavg_at_ready', '-')} |"
+        )
+    stall = next((r["loop_stall"] for r in results if "loop_stall" in r), None)
+    if stall:
+        rows.append(
+            f"\nDevLoop loop stalls (a second pass in its bench mode, `{SLOW_CALLBACK_ENV}="
+            f"{stall['threshold_ms']}`: asyncio's debug mode logs every callback that held "
+            f"the event loop longer than {stall['threshold_ms']} ms, from start-up to quiet): "
+            f"**{stall['stalls']}** callbacks over {stall['threshold_ms']} ms"
+            + (f", the longest {stall['longest_ms']} ms" if stall["stalls"] else "")
+            + " (wall clock: on a busy machine it includes time the process waited for a CPU)."
+        )
+    return "\n".join(rows)
+
+
 def details(results: list[dict[str, Any]]) -> str:
     out = []
     for r in results:
@@ -1306,7 +1409,7 @@ def details(results: list[dict[str, Any]]) -> str:
                 f"machine was {r.get('machine_busy_pct_during_idle')}% busy meanwhile (load "
                 f"average when the tool started: {r.get('loadavg_at_start')})"
             )
-        for key in ("storm", "storm_overflow"):
+        for key in ("storm", "storm_overflow", "after_ready", "loop_stall"):
             s = r.get(key)
             if s:
                 out.append(f"- {key}: `{json.dumps(s)}`")
@@ -1327,6 +1430,18 @@ def report(
     s = ctx.scale
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     versions = ", ".join(r.get("version", f"{r['tool']} (not run)") for r in results)
+    full_parts = [
+        "## Headline\n",
+        headline(results, s),
+        '\nStorm cells: changes missed / times the check ran. "Missed" counts changed files '
+        "whose name never reached a check that started after the storm began (entr passes "
+        "only the first name, so for entr it counts files written after its last run "
+        'started). "still running": the tool was still starting checks when the wait '
+        "ended.\n",
+        "## DevLoop targets\n",
+        targets(results, ctx.tree),
+        "",
+    ]
     parts = [
         "# DevLoop benchmark results\n",
         f"Run `{' '.join(['python3', 'bench/run.py', *sys.argv[1:]])}` on {when}, "
@@ -1339,21 +1454,19 @@ def report(
         f"## Workload\n\n- tree: {s.dirs:,} directories and {s.files:,} `*.txt` files, plus "
         f"`node_modules/` with {s.nm_dirs:,} directories and {s.nm_files:,} files (ignored); "
         f"{ctx.tree.dirs:,} directories to watch counting the root\n"
-        f"- reaction: {s.edits} single-file edits, one at a time\n"
-        f"- idle window: {s.idle_s:.0f} s\n"
-        f"- storm: {s.storm_files:,} files rewritten back to back; overflow storm: the same "
-        f"with `fs.inotify.max_queued_events = {s.small_queue}` while the tool starts and "
-        f"runs (restored afterwards); a tool is done when no check started for "
-        f"{s.quiet_s} s, waited for at most {s.drain_max_s:.0f} s after the last write\n",
-        "## Headline\n",
-        headline(results, s),
-        '\nStorm cells: changes missed / times the check ran. "Missed" counts changed files '
-        "whose name never reached a check that started after the storm began (entr passes "
-        "only the first name, so for entr it counts files written after its last run "
-        'started). "still running": the tool was still starting checks when the wait '
-        "ended.\n",
-        "## DevLoop targets\n",
-        targets(results, ctx.tree),
+        + ("" if s is HUGE else
+           f"- reaction: {s.edits} single-file edits, one at a time\n"
+           f"- idle window: {s.idle_s:.0f} s\n"
+           f"- storm: {s.storm_files:,} files rewritten back to back; overflow storm: the same "
+           f"with `fs.inotify.max_queued_events = {s.small_queue}` while the tool starts and "
+           f"runs (restored afterwards); a tool is done when no check started for "
+           f"{s.quiet_s} s, waited for at most {s.drain_max_s:.0f} s after the last write\n"),
+        *(full_parts if s is not HUGE else []),
+        "## Right after ready\n",
+        f"A fresh start of each tool; {AFTER_READY_EDITS} edits from the moment it is ready "
+        "(the first at once); CPU from ready until no check started for "
+        f"{s.quiet_s} s and the tool used < 2% CPU over a second.\n",
+        after_ready_table(results),
         "",
         "## Per tool\n",
         details(results),
@@ -1371,6 +1484,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="small tree, few edits (CI smoke run)")
+    ap.add_argument(
+        "--huge",
+        action="store_true",
+        help="100,000 dirs / 1,000,000 files: only the pass right after ready (RESULTS-huge.md)",
+    )
     ap.add_argument("--tools", default="", help="comma-separated subset, e.g. devloop,entr")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/devloop-bench"))
     ap.add_argument(
@@ -1388,8 +1506,9 @@ def main(argv: list[str] | None = None) -> int:
         print("the benchmark needs Linux (inotify)", file=sys.stderr)
         return 2
     t_begin = time.monotonic()
-    scale = QUICK if args.quick else FULL
-    out = args.output or BENCH_DIR / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    scale = HUGE if args.huge else QUICK if args.quick else FULL
+    out = args.output or BENCH_DIR / {"quick": "RESULTS-quick.md", "huge": "RESULTS-huge.md"}.get(
+        scale.name, "RESULTS.md")
     notes = [] if args.no_install else install(args.no_devloop_install)
     args.workdir.mkdir(parents=True, exist_ok=True)
     recorder, rec_kind = build_recorder(args.workdir)
@@ -1410,7 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"machine": machine, "scale": asdict(scale), "results": results}, indent=1)
         + "\n"
     )
-    print(headline(results, scale))
+    print(after_ready_table(results) if scale is HUGE else headline(results, scale))
     log(f"wrote {out} in {(time.monotonic() - t_begin) / 60:.1f} min")
     return 0
 

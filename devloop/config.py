@@ -237,12 +237,10 @@ OPTIONAL_CHECKS: dict[str, Check] = {
         command=("ruff", "check", FILES_PLACEHOLDER),
         patterns=("*.py", "*.pyi", "pyproject.toml", "ruff.toml", ".ruff.toml"),
     ),
-    "mypy": Check(
+    "mypy": Check(  # what to check and how: devloop/tools/mypy.py
         name="mypy",
-        command=("mypy", "--show-column-numbers", "--no-error-summary", "--no-incremental",
-                 FILES_PLACEHOLDER),
-        patterns=("*.py", "*.pyi"),
-        debounce_ms=300,
+        command=("mypy",),
+        patterns=("*.py", "*.pyi", "mypy.ini", ".mypy.ini", "pyproject.toml", "setup.cfg"),
     ),
     "pytest": Check(  # only where the project has tests: see default_checks
         name="pytest",

@@ -35,10 +35,11 @@ from devloop.errors import (
     DevloopError,
 )
 from devloop.findings import Finding
-from devloop.ignore import IgnoreRules
+from devloop.ignore import EXCLUDE, IgnoreRules
 from devloop.scheduler import Scheduler
 from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
+from devloop.tools import mypy as mypy_tool
 from devloop.watcher import Watcher, WatchLimitError
 
 log = logging.getLogger("devloop")
@@ -50,6 +51,7 @@ DB_RETRY_S = 1.0
 MAX_UNSAVED = 10_000
 EXTEND_EVERY_S = 1.0  # during the initial walk, ask systemd for more start time this often
 EXTEND_BY_S = 10.0
+SLOW_CALLBACK_ENV = "DEVLOOP_SLOW_CALLBACK_MS"  # bench mode: log callbacks longer than this
 RETAKE_DELAY_S = 2.0  # a deleted .devloop is recreated this long after it is noticed
 LEVELS = {"pass": logging.INFO, "cancelled": logging.INFO, "fail": logging.WARNING,
           "error": logging.ERROR, "timeout": logging.ERROR}
@@ -76,7 +78,7 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
                                EX_CANTCREAT) from None
-        self._unsaved: deque[tuple[Run, list[Finding], bool]] = deque()
+        self._unsaved: deque[Callable[[Store], object]] = deque()  # writes, in order
         self._flush_handle: asyncio.TimerHandle | None = None
         self.ledger = reaper.GroupLedger(state_dir)
         self.watcher = Watcher(root, IgnoreRules(root, config.ignore))
@@ -115,12 +117,17 @@ class Daemon:
         self._retake_handle: asyncio.TimerHandle | None = None
         self._walker: asyncio.Task[None] | None = None
         self._rescan_wanted = False
+        self._event_pending = False  # changes dispatched: walks let their runs start first
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
 
     # -- life cycle -----------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        slow_ms = os.environ.get(SLOW_CALLBACK_ENV)
+        if slow_ms:  # asyncio's debug mode logs each callback that held the loop this long
+            loop.set_debug(True)
+            loop.slow_callback_duration = float(slow_ms) / 1000
         if self.notifier.watchdog_interval:
             self._watchdog()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,9 +135,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         reaper.become_subreaper()
         self.ledger.kill_leftovers()
+        mypy_tool.servers.enable(self.ledger)  # tool servers live as long as the daemon
         walk_started_ns = time.time_ns()  # mtimes are compared with it, less 50 ms (coarse)
         try:
-            await self._initial_walk()
+            if not await self._initial_walk():
+                return self.exit_code  # stopped meanwhile: a stop never waits for the walk
+            walk_ended_ns = time.time_ns()  # every watch in place: later changes have events
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
                                        self.watcher.all_files, ledger=self.ledger,
@@ -143,8 +153,13 @@ class Daemon:
             if self.on_ready is not None:
                 self.on_ready()
             changed_meanwhile: set[str] = set()
-            await self._sliced(self.watcher.fill_snapshot(walk_started_ns - 50_000_000,
-                                                          changed_meanwhile))
+            snapshot_started = time.monotonic()
+            if not await self._sliced(self.watcher.fill_snapshot(
+                    walk_started_ns - 50_000_000, walk_ended_ns, changed_meanwhile)):
+                log.info("stopped before the snapshot of the files was complete")
+                return self.exit_code
+            log.info("snapshot of the files complete in %.2fs",
+                     time.monotonic() - snapshot_started)
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
@@ -158,10 +173,11 @@ class Daemon:
             await self._shutdown()
         return self.exit_code
 
-    async def _initial_walk(self) -> None:
+    async def _initial_walk(self) -> bool:
+        """Place the watches; False when stopped meanwhile."""
         last_extend = 0.0
         try:
-            for _ in self.watcher.walk_all(strict=True):
+            for walked in self.watcher.walk_all(strict=True):
                 now = time.monotonic()
                 if now - last_extend >= EXTEND_EVERY_S:
                     self.notifier.extend_timeout(EXTEND_BY_S)
@@ -169,8 +185,12 @@ class Daemon:
                                          "directories so far")
                     last_extend = now
                 await asyncio.sleep(0)
+                if self._stop.is_set():
+                    log.info("stopped during the initial walk, after %d directories", walked)
+                    return False
         except WatchLimitError as exc:
             raise DevloopError(str(exc), EX_OSERR) from None
+        return True
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -191,6 +211,7 @@ class Daemon:
         loop.remove_reader(self.watcher.fileno())
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await mypy_tool.servers.stop()
         reaper.reap_orphans()
         self.watcher.close()
         daemon_health.remove_heartbeat(self.state_dir)
@@ -208,9 +229,9 @@ class Daemon:
         self._stop.set()
 
     # -- events ---------------------------------------------------------------------
-    def _on_inotify(self) -> None:
+    def _on_inotify(self, drain: bool = False) -> None:
         try:
-            changes, overflow = self.watcher.read_events()
+            changes, overflow = self.watcher.read_events(drain)
         except Exception:  # a bug must not cost a change: the rescan finds what it lost
             log.exception("error while reading inotify events: rescanning")
             changes, overflow = set(), True
@@ -223,19 +244,22 @@ class Daemon:
             self._rescan_wanted = True
         if changes:
             self._dispatch(changes)
+            self._event_pending = True
         self._start_walker()
 
     def _dispatch(self, changes: set[str], *, recheck_ignored: bool = False) -> None:
         """recheck_ignored: changes from a rescan may lie in what the rules now ignore."""
-        if config_mod.CONFIG_NAME in changes or any(
+        if config_mod.CONFIG_NAME in changes or EXCLUDE in changes or any(
             c == ".gitignore" or c.endswith("/.gitignore") for c in changes
         ):
             self._request_reload()
-        gone = [c for c in changes if not os.path.lexists(self.root / c)]
+            changes = changes - {EXCLUDE}  # only a rule file: not one of the project's files
+        root = str(self.root)  # joined as strings: a storm brings 10,000s of changes
+        gone = [c for c in changes if not os.path.lexists(f"{root}/{c}")]
         if gone:
             had: set[str] = set()
             self._db(lambda store: had.update(store.checks_with_findings(gone)))
-            self._db(lambda store: store.forget_files(gone))
+            self._write(functools.partial(Store.forget_files, files=gone))
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
@@ -248,9 +272,21 @@ class Daemon:
             for run in settled:
                 self._on_result(run, [], counted=False)
 
-    async def _sliced(self, slices: Iterator[int]) -> None:
+    async def _sliced(self, slices: Iterator[int]) -> bool:
+        """Run a walk a slice per turn of the loop; False when stopped meanwhile.
+
+        After an event, the walk skips two turns: its check's debounce timer (0 ms) fires
+        in the next one and the run starts in the one after, before the next slice.
+        """
         for _ in slices:
             await asyncio.sleep(0)
+            while self._event_pending:
+                self._event_pending = False
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            if self._stop.is_set():
+                return False
+        return True
 
     def _start_walker(self) -> None:
         if self._walker is None and (self._rescan_wanted or self.watcher.new_dirs):
@@ -379,6 +415,7 @@ class Daemon:
             pid=os.getpid(), uptime_seconds=time.monotonic() - self.started,
             interval_seconds=self.config.heartbeat_interval, project=str(self.root),
             watches=self.watcher.watch_count, rescans=self.watcher.rescans,
+            overflows=self.watcher.overflows,
             problem=self.problem(),
             checks={c.name: self._check_record(c.name) for c in self.config.checks},
         )
@@ -518,7 +555,7 @@ class Daemon:
         except BlockingIOError:
             pass
         asked = time.time()
-        self._on_inotify()
+        self._on_inotify(drain=True)
         self._sync_asked = asked
         self._answer_sync()
 
@@ -530,21 +567,24 @@ class Daemon:
         self._publish()
 
     def _save(self, run: Run, findings: list[Finding], *, counted: bool = True) -> None:
-        """Runs are saved in order; those the database refuses wait in memory for a retry."""
         if counted:
             self.last_duration[run.check] = round(run.duration, 4)
-        self._unsaved.append((run, findings, counted))
+        self._write(functools.partial(Store.record, run=run, findings=findings,
+                                      counted=counted))
+
+    def _write(self, write: Callable[[Store], object]) -> None:
+        """Writes are done in order; those the database refuses wait in memory for a retry."""
+        self._unsaved.append(write)
         if len(self._unsaved) > MAX_UNSAVED:
             self._unsaved.popleft()
-            log.error("more than %d runs could not be saved: dropping the oldest", MAX_UNSAVED)
+            log.error("more than %d results could not be saved: dropping the oldest",
+                      MAX_UNSAVED)
         self._flush()
 
     def _flush(self) -> None:
         saved = False
         while self._unsaved:
-            run, findings, counted = self._unsaved[0]
-            if not self._db(functools.partial(Store.record, run=run, findings=findings,
-                                              counted=counted)):
+            if not self._db(self._unsaved[0]):
                 if self._flush_handle is None:
                     self._flush_handle = asyncio.get_running_loop().call_later(
                         DB_RETRY_S, self._retry_flush)

@@ -9,13 +9,17 @@ from pathlib import Path
 from devloop import installed
 
 HOOK = """#!/bin/sh
-{header}# Runs the devloop checks that the staged files trigger, on those files (a result the
-# daemon stored after the files' last change is used as it is); a failing check blocks
-# the commit. Skip it once with: git commit --no-verify
+{header}# Runs the devloop checks that the staged files trigger, on the staged content (a
+# checkout of the index; the daemon's stored result is used where the working tree holds
+# exactly what is staged); a failing check blocks the commit. Skip it once with:
+# git commit --no-verify
 DEVLOOP=${{DEVLOOP:-{exe}}}
+case ${{GIT_INDEX_FILE:-/}} in  # git may name it relative to the top: still valid after cd
+    /*) ;;
+    *) GIT_INDEX_FILE="$PWD/$GIT_INDEX_FILE"; export GIT_INDEX_FILE;;
+esac
 cd {subdir} || exit 1
-git diff --cached --name-only --diff-filter=ACMR -z{relative} |
-    xargs -0 -r $DEVLOOP run . --reuse-fresh --files && exit 0
+$DEVLOOP run . --staged --reuse-fresh && exit 0
 echo "devloop: a check failed on the staged files: commit blocked (--no-verify skips)" >&2
 exit 1
 """
@@ -42,5 +46,4 @@ def hook_text(project: Path, executable: str) -> str:
     return HOOK.format(
         header=installed.header(), exe=shlex.quote(executable),
         subdir='"$(git rev-parse --show-toplevel)"' + (f"/{shlex.quote(sub)}" if sub != "."
-                                                       else ""),
-        relative=f" --relative={shlex.quote(sub)}" if sub != "." else "")
+                                                       else ""))

@@ -14,6 +14,7 @@ import pathspec
 
 log = logging.getLogger(__name__)
 
+EXCLUDE = ".git/info/exclude"  # the repository's own ignore rules, outside any .gitignore
 BUILTIN_IGNORES: tuple[str, ...] = (
     ".git/",
     ".hg/",
@@ -85,10 +86,11 @@ class IgnoreRules:
     def __init__(self, root: Path, extra: tuple[str, ...] = ()) -> None:
         self.root = root
         self._forced = compile_spec([*BUILTIN_IGNORES, *extra])
-        exclude = _read_lines(root / ".git" / "info" / "exclude")
-        self._exclude = _tolerant_spec(root / ".git" / "info" / "exclude", exclude) \
-            if exclude else None
-        self._by_dir: dict[str, pathspec.GitIgnoreSpec] = {}
+        exclude = _read_lines(root / EXCLUDE)
+        self._exclude = _tolerant_spec(root / EXCLUDE, exclude) if exclude else None
+        # per directory: its .gitignore, and whether it has `!` lines (without them a match
+        # is the whole verdict, and `match_file` is faster than `check_file`)
+        self._by_dir: dict[str, tuple[pathspec.GitIgnoreSpec, bool]] = {}
 
     def load_dir(self, reldir: str, present: bool = True) -> None:
         """Read reldir/.gitignore, before matching reldir's entries; present=False: it has none."""
@@ -98,7 +100,8 @@ class IgnoreRules:
         path = Path(f"{self.root}/{reldir}/.gitignore" if reldir else f"{self.root}/.gitignore")
         lines = _read_lines(path)
         if lines:
-            self._by_dir[reldir] = _tolerant_spec(path, lines)
+            negates = any(line.startswith("!") for line in lines)
+            self._by_dir[reldir] = (_tolerant_spec(path, lines), negates)
         else:
             self._by_dir.pop(reldir, None)
 
@@ -120,10 +123,15 @@ class IgnoreRules:
             d = relpath
             while d:  # the directories holding it, deepest first, up to the root ("")
                 d = d.rpartition("/")[0]
-                spec = self._by_dir.get(d)
-                if spec is not None:
-                    below = relpath[len(d) + 1:] if d else relpath
-                    verdict = spec.check_file(below + suffix).include
+                found = self._by_dir.get(d)
+                if found is not None:
+                    spec, negates = found
+                    below = (relpath[len(d) + 1:] if d else relpath) + suffix
+                    if not negates:
+                        if spec.match_file(below):
+                            return True
+                        continue
+                    verdict = spec.check_file(below).include
                     if verdict is not None:
                         return verdict
         return self._exclude is not None and self._exclude.match_file(relpath + suffix)

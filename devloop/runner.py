@@ -129,6 +129,7 @@ class CheckRun:
         self.whole = whole
         self.environ = environ
         self._cancelled = asyncio.Event()
+        self.whole_program = False  # its adapter checks everything, whatever the files
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -159,7 +160,10 @@ class CheckRun:
         texts: list[str] = []
         code: int | None = None
         outcome: Outcome = "pass"
-        for batch in partition(self.check, self.files, env):
+        self.whole_program = adapter.whole_program
+        batches = [list(self.files)] if adapter.whole_program else partition(
+            self.check, self.files, env)
+        for batch in batches:
             remaining = self.check.timeout_s - (time.monotonic() - t0)
             batch_code, batch_outcome, text, report = await self._run_batch(
                 adapter, batch, dict(env), cache, max(remaining, 0.001))
@@ -326,7 +330,7 @@ class CheckRun:
             outcome=outcome,
             files=None if self.whole else self.files,
             output=text[-STORED_OUTPUT:],
-            covers_all=self.whole or not self.check.takes_files,
+            covers_all=self.whole or not self.check.takes_files or self.whole_program,
             counts=report.counts,
             reason=report.reason,
         )

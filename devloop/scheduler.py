@@ -8,9 +8,10 @@ Across checks: at most `max_parallel` run at once.
 A check that rewrites the files it watches would trigger itself forever. When
 LOOP_RUNS runs in a row were each triggered only by the same files, changed
 while the check itself was running, it is declared a loop. From then on, changes
-to those files made while it runs are held back: after a run, they trigger one
-more run LOOP_BACKOFF_S later, and only if the files' content differs from what
-that run saw (a check rewriting the same bytes stops at once). A change made
+to those files made while it runs (or in the RUN_TAIL_S after) are held back: after
+the run (at once, for the tail), they trigger one more run LOOP_BACKOFF_S later, and
+only if the files' content differs from what that run saw (a check rewriting the same
+bytes stops at once). A change made
 while the check is idle runs it as usual and ends the loop state. So a loop
 costs at most one run every LOOP_BACKOFF_S, and no save is ever left unchecked.
 """
@@ -31,6 +32,7 @@ from devloop.findings import Finding
 from devloop.reaper import GroupLedger
 from devloop.runner import CheckRun
 from devloop.store import Run, State
+from devloop.watcher import SLICE_S
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class _State:
     ended_at: float = float("-inf")
     looping: frozenset[str] = frozenset()  # files of a detected self-trigger loop
     held: set[str] = field(default_factory=set)  # their changes made during a run
+    stale: set[str] = field(default_factory=set)  # held ones that differ: the backoff runs them
     seen: dict[str, bytes | None] = field(default_factory=dict)  # their digests at run start
     backoff: asyncio.TimerHandle | None = None
     changed_at: float | None = None  # unix time of the last change that triggered it
@@ -72,6 +75,20 @@ def _digest(path: Path) -> bytes | None:
             return hashlib.file_digest(f, "blake2b").digest()
     except OSError:
         return None
+
+
+async def _select(items: Iterable[str], keep: Callable[[str], bool]) -> list[str]:
+    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S."""
+    kept = []
+    slice_end = time.perf_counter() + SLICE_S
+    for item in items:
+        if keep(item):
+            kept.append(item)
+        if time.perf_counter() >= slice_end:
+            await asyncio.sleep(0)
+            slice_end = time.perf_counter() + SLICE_S
+    kept.sort()
+    return kept
 
 
 class Scheduler:
@@ -163,6 +180,8 @@ class Scheduler:
                 state.changed_while_running.update(matched)
                 if state.looping and state.looping.issuperset(matched):
                     state.held.update(matched)  # its own writes? see the module docstring
+                    if state.current is None:
+                        self._hold_back(state)  # the run has ended: no later pass takes them
                     continue
             else:
                 state.self_streak = 0
@@ -173,6 +192,8 @@ class Scheduler:
                     if state.backoff is not None:
                         state.backoff.cancel()
                         state.backoff = None
+                    matched += sorted(state.stale - set(matched))  # they run now instead
+                    state.stale = set()
             if state.pending_since is None:
                 state.pending_since = now
             state.last_change = now
@@ -267,17 +288,21 @@ class Scheduler:
         if state.task is not None:
             state.task.cancel()
 
-    def _take(self, state: _State) -> tuple[list[str], bool] | None:
-        """The files for the next run, or None when there is nothing to run it on."""
+    async def _take(self, state: _State) -> tuple[list[str], bool] | None:
+        """The files for the next run, or None when there is nothing to run it on.
+
+        Sliced: the whole project, or a storm's pending set, is 10,000s of files.
+        """
         whole, pending = state.whole, state.pending
         state.whole, state.pending, state.pending_since = False, set(), None
         check = state.check
         if whole:
-            files = sorted(f for f in self.all_files() if check.matches(f))
+            files = await _select(self.all_files(), check.matches)
             if check.takes_files and not files:
                 return None
             return files, True
-        existing = sorted(p for p in pending if os.path.lexists(self.root / p))
+        root = str(self.root)  # joined as strings, faster than pathlib
+        existing = await _select(pending, lambda p: os.path.lexists(f"{root}/{p}"))
         if check.takes_files and not existing:
             return None  # only deletions: the caller already dropped their findings
         return existing, False
@@ -303,21 +328,22 @@ class Scheduler:
     def _hold_back(self, state: _State) -> None:
         """After a run of a looping check: its held changes, if real, run it again later."""
         held, state.held = state.held, set()
-        stale = {f for f in held if _digest(self.root / f) != state.seen.get(f)}
-        if stale and state.backoff is None:
+        state.stale |= {f for f in held if _digest(self.root / f) != state.seen.get(f)}
+        if state.stale and state.backoff is None:
             state.backoff = asyncio.get_running_loop().call_later(
-                LOOP_BACKOFF_S, self._release, state, stale)
+                LOOP_BACKOFF_S, self._release, state)
 
-    def _release(self, state: _State, files: set[str]) -> None:
+    def _release(self, state: _State) -> None:
         state.backoff = None
-        state.pending.update(files)
+        state.pending |= state.stale
+        state.stale = set()
         self._arm(state, now=True)
 
     async def _run(self, state: _State) -> None:
         try:
             while True:
                 async with self._sem:
-                    taken = self._take(state)
+                    taken = await self._take(state)
                     if taken is None:
                         break
                     files, whole = taken

@@ -279,8 +279,9 @@ class Store:
         return run_id
 
     def forget_files(self, files: Iterable[str]) -> None:
-        """Files that no longer exist have no findings."""
+        """Files that no longer exist have no findings (one transaction: one commit)."""
         with self.conn as c:
+            c.execute("BEGIN IMMEDIATE")
             c.executemany("DELETE FROM findings WHERE file = ?", [(f,) for f in files])
 
     def forget_checks_except(self, names: Iterable[str]) -> None:

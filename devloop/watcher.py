@@ -13,13 +13,14 @@ import errno
 import logging
 import os
 import stat
+import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from inotify_simple import INotify, flags
+from inotify_simple import INotify, flags, parse_events
 
-from devloop.ignore import IgnoreRules
+from devloop.ignore import EXCLUDE, IgnoreRules
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ DIR_MASK = (
     | flags.DONT_FOLLOW
     | flags.EXCL_UNLINK
 )
-WALK_SLICE = 200  # directories per slice of a walk, between two yields to the event loop
+READ_BYTES = 16 * 1024  # of events per callback (the kernel returns whole events): ~500
+SLICE_S = 0.002  # a walk yields to the event loop this often: an event waits for a slice or two
 
 Stamp = int  # hash((mtime_ns, size)): one small int per file keeps 100k files in a few MB
 
@@ -73,11 +75,12 @@ def _join(reldir: str, name: str) -> str:
 
 
 def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
-             newer: tuple[int, set[str]] | None = None) -> tuple[list[str], dict[str, Stamp]]:
+             newer: tuple[int, int, set[str]] | None = None
+             ) -> tuple[list[str], dict[str, Stamp]]:
     """One directory: its subdirectories and (with files=True) its files, ignored ones left out.
 
     The directory's own .gitignore (read only where there is one) applies to its entries.
-    newer=(ns, found): files modified at or after ns (mtime) are added to found.
+    newer=(lo, hi, found): files modified (mtime) from lo to hi ns are added to found.
     """
     stamps: dict[str, Stamp] = {}
     try:
@@ -113,8 +116,8 @@ def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
         except OSError:
             continue
         stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
-        if newer is not None and st.st_mtime_ns >= newer[0]:
-            newer[1].add(prefix + entry.name)
+        if newer is not None and newer[0] <= st.st_mtime_ns <= newer[1]:
+            newer[2].add(prefix + entry.name)
     return subdirs, stamps
 
 
@@ -128,16 +131,20 @@ def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
         yield from (_join(reldir, name) for name in stamps)
 
 
+_NO_FILES = bytes(4)  # a packed directory without files (shared)
+
+
 class Snapshot:
     """The stamp of every visible file, by directory.
 
-    A directory not changed since it was walked is kept packed: its names in one
-    string, its stamps in one array, several times smaller than a dict of str -> int
-    (100,000 files: a few MB instead of about 15). It is unpacked on its first change.
+    A directory not changed since it was walked is kept packed in one bytes object:
+    its file count, its stamps, its names (100,000 files: about 3 MB, against about 15
+    for a dict of str -> int, and 4 for a string and an array per directory). It is
+    unpacked on its first change.
     """
 
     def __init__(self) -> None:
-        self._dirs: dict[str, dict[str, Stamp] | tuple[str, array[int]]] = {}
+        self._dirs: dict[str, dict[str, Stamp] | bytes] = {}
 
     def dirs(self) -> list[str]:
         return list(self._dirs)
@@ -148,11 +155,21 @@ class Snapshot:
             return {}
         if isinstance(entry, dict):
             return entry
-        names, stamps = entry
-        return dict(zip(names.split("\0"), stamps, strict=True)) if names else {}
+        count = int.from_bytes(entry[:4], "little")
+        if not count:
+            return {}
+        stamps = array("q")
+        stamps.frombytes(memoryview(entry)[4:4 + 8 * count])
+        names = entry[4 + 8 * count:].decode("utf-8", "surrogateescape").split("\0")
+        return dict(zip(names, stamps, strict=True))
 
     def put(self, reldir: str, files: dict[str, Stamp]) -> None:
-        self._dirs[reldir] = ("\0".join(files), array("q", files.values()))
+        if not files:
+            self._dirs[reldir] = _NO_FILES
+            return
+        self._dirs[reldir] = (len(files).to_bytes(4, "little")
+                              + array("q", files.values()).tobytes()
+                              + "\0".join(files).encode("utf-8", "surrogateescape"))
 
     def update(self, reldir: str, name: str, stamp: Stamp | None) -> None:
         files = self.get(reldir)
@@ -186,11 +203,14 @@ class Watcher:
         self._dir_wd: dict[str, int] = {}
         self.snapshot = Snapshot()
         self.rescans = 0
+        self.overflows = 0  # rescans that answered an inotify queue overflow
+        self._overflowed = False  # an overflow not yet answered by a rescan
         self.root_gone = False
         self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
         self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
         self._children: dict[str, set[str]] = {}  # watched directory -> its watched subdirs
         self.new_dirs: list[str] = []  # created or moved in, to walk (`walk_new_dirs`)
+        self._exclude_wd: int | None = None  # .git/info: the walk never enters .git
 
     # -- public ---------------------------------------------------------------------
     def fileno(self) -> int:
@@ -220,29 +240,37 @@ class Watcher:
         WatchLimitError, after counting how many directories the project has, never
         leaving a silent half-watch.
         """
+        self._watch_exclude()
         yield from self._walk("", None, strict=strict, files=False)
 
-    def fill_snapshot(self, since_ns: int, changes: set[str]) -> Iterator[int]:
+    def fill_snapshot(self, since_ns: int, until_ns: int, changes: set[str]) -> Iterator[int]:
         """Stat the files of the directories the initial walk only listed, in slices.
 
-        A file modified since `since_ns` (the walk's start) is added to `changes`: an
-        event of it may have been lost to an overflow before its directory got here, or
-        come before its directory was watched.
+        A file modified from `since_ns` (the walk's start) to `until_ns` (its end) is
+        added to `changes`: it may have changed before its directory was watched. A later
+        change has its event (or, lost to an overflow, the rescan finds it): counting it
+        here too would run its check twice.
         """
         done = 0
+        slice_end = time.perf_counter() + SLICE_S
         while self._unsnapped:
             reldir = self._unsnapped.pop()
             if reldir in self._dir_wd:
                 self.snapshot.put(reldir, scan_dir(self._root, reldir, self.rules, files=True,
-                                                   newer=(since_ns, changes))[1])
+                                                   newer=(since_ns, until_ns, changes))[1])
             done += 1
-            if done % WALK_SLICE == 0:
+            if time.perf_counter() >= slice_end:
                 yield done
+                slice_end = time.perf_counter() + SLICE_S
         yield done
 
     def rescan(self, changes: set[str]) -> Iterator[int]:
         """Compare the tree with the snapshot, adding the differences to `changes`."""
         self.rescans += 1
+        if self._overflowed:
+            self._overflowed = False
+            self.overflows += 1
+        self._watch_exclude()
         before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
         yield from self._walk("", changes, visited=visited)
@@ -259,17 +287,38 @@ class Watcher:
         """Watch, then scan, the directories created or moved in: their files are changes."""
         while self.new_dirs:
             rel = self.new_dirs.pop(0)
-            if not self.rules.is_ignored(rel, True):
+            if self.rules.is_ignored(rel, True):
+                self._settled(rel)  # ignored since: no watch wanted
+            else:
                 yield from self._walk(rel, changes)
 
-    def read_events(self) -> tuple[set[str], bool]:
-        """Drain the inotify fd: (changed paths, whether the queue overflowed)."""
+    def read_events(self, drain: bool = False) -> tuple[set[str], bool]:
+        """Read the inotify fd: (changed paths, whether the queue overflowed).
+
+        READ_BYTES at most, so that a storm's backlog is read over several turns of the
+        loop; drain=True reads everything queued.
+        """
         changes: set[str] = set()
         overflow = False
-        for ev in self.inotify.read(timeout=0):
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.fileno(), READ_BYTES)
+            except BlockingIOError:
+                break
+            chunks.append(chunk)
+            if not (drain and chunk):
+                break
+        for ev in parse_events(b"".join(chunks)):
             mask = ev.mask
             if mask & flags.Q_OVERFLOW:
-                overflow = True
+                overflow = self._overflowed = True
+                continue
+            if ev.wd == self._exclude_wd:
+                if mask & flags.IGNORED:
+                    self._exclude_wd = None
+                elif ev.name == "exclude":
+                    changes.add(EXCLUDE)  # the daemon reloads the rules
                 continue
             reldir = self._wd_dir.get(ev.wd)
             if reldir is None:
@@ -320,6 +369,13 @@ class Watcher:
         self.snapshot.update(reldir, name, stamp)
         return st
 
+    def _watch_exclude(self) -> None:
+        """A watch of its own for .git/info (.git has too much churn to watch it all)."""
+        if self._exclude_wd is None:
+            with contextlib.suppress(OSError):  # no .git/info (yet), or no watch to spare
+                self._exclude_wd = int(self.inotify.add_watch(
+                    self._abs(EXCLUDE.rpartition("/")[0]), DIR_MASK))
+
     def _add_watch(self, reldir: str) -> int | None:
         path = self._abs(reldir)
         try:
@@ -329,11 +385,9 @@ class Watcher:
                 raise
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("cannot watch %s: %s", path, exc.strerror)
+            self._settled(reldir)  # gone: nothing left to watch there
             return None
-        if self.unwatched:
-            self.unwatched.discard(reldir)
-            if not self.unwatched:
-                log.info("every directory is watched again")
+        self._settled(reldir)
         old = self._dir_wd.get(reldir)
         if old is not None and old != wd:
             self._wd_dir.pop(old, None)
@@ -355,30 +409,32 @@ class Watcher:
         """Watch top and below; snapshot their files, adding differences to `changes`."""
         stack = [top]
         walked = 0
-        limit_hit = False
-        needed = 0  # directories found after the limit was hit (strict: for the message)
+        slice_end = time.perf_counter() + SLICE_S
+        counting = False  # strict, after an ENOSPC: only counting what the project needs
+        needed = 0
         while stack:
             reldir = stack.pop()
-            if not limit_hit:
+            if counting:
+                needed += 1
+            else:
+                # not strict, every directory is tried, even after an ENOSPC: one already
+                # watched keeps its watch (the kernel updates it, no new one is needed),
+                # and a watch freed meanwhile is used
                 try:
                     if self._add_watch(reldir) is None:
                         continue  # vanished, or not a directory any more
                 except OSError:  # ENOSPC: the watch limit
-                    limit_hit = True
-                    if not strict and not self.unwatched:  # log entering the state, once
-                        log.error("%s", watch_limit_message(self.watch_count + 1,
-                                                            max_user_watches()))
-            if limit_hit:
-                if not strict:
-                    self.unwatched.add(reldir)
-                    continue
-                needed += 1
+                    if not strict:
+                        self._cannot_watch(reldir, changes)
+                        continue
+                    counting = True
+                    needed += 1
             if visited is not None:
                 visited.add(reldir)
             subdirs, stamps = scan_dir(self._root, reldir, self.rules, files=files)
             stack.extend(subdirs)
-            if limit_hit:
-                pass  # strict: only counting what the project needs
+            if counting:
+                pass
             elif not files:
                 self._unsnapped.add(reldir)
             else:
@@ -390,11 +446,31 @@ class Watcher:
                     changes.update(_join(reldir, n) for n in old.keys() - stamps.keys())
                 self.snapshot.put(reldir, stamps)
             walked += 1
-            if walked % WALK_SLICE == 0:
+            if time.perf_counter() >= slice_end:
                 yield walked
-        if limit_hit and strict:
+                slice_end = time.perf_counter() + SLICE_S
+        if counting:
             raise WatchLimitError(self.watch_count + needed)
         yield walked
+
+    def _settled(self, reldir: str) -> None:
+        """reldir is watched now, or needs no watch: it leaves `unwatched`."""
+        if self.unwatched:
+            self.unwatched.discard(reldir)
+            if not self.unwatched:
+                log.info("every directory is watched again")
+
+    def _cannot_watch(self, reldir: str, changes: set[str] | None) -> None:
+        """The watch limit left reldir out: it and what is below wait in `unwatched`."""
+        if not self.unwatched:  # log entering the state, once
+            log.error("%s", watch_limit_message(self.watch_count + 1, max_user_watches()))
+        if reldir in self._dir_wd:
+            # watched before, yet a new watch was needed: a new directory under the same
+            # name (its old one went in an overflow); what was known below it is gone
+            gone = self._drop_tree(reldir)
+            if changes is not None:
+                changes |= gone
+        self.unwatched.add(reldir)
 
     def _drop_tree(self, reldir: str) -> set[str]:
         """Forget reldir and below (deleted or moved away): its files count as changed."""

@@ -63,7 +63,9 @@ def read_runs(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
     text = log.read_text(encoding="utf-8", errors="surrogateescape")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # a run being recorded may be read half-written: only whole lines count
+    return [json.loads(line) for line in text.splitlines(keepends=True)
+            if line.endswith("\n") and line.strip()]
 
 
 def alive(pid: int | str) -> bool:

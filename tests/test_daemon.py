@@ -159,8 +159,8 @@ def test_ignored_trees_get_no_watch(project: Path, tmp_path: Path, start_daemon:
     (project / ".git" / "info" / "exclude").write_text("local/\n")
     write_config(project, "[checks.all]\n" + record_check(log, ["*"]), ignore=["*.log"])
     d = start_daemon(project)
-    # project, src, src/pkg, docs: nothing else
-    assert inotify_watches(d.pid) == 4
+    # project, src, src/pkg, docs, and .git/info for its exclude file: nothing else
+    assert inotify_watches(d.pid) == 5
     (project / "node_modules" / "a" / "b" / "x.txt").write_text("x")
     (project / "build" / "out" / "x.txt").write_text("x")
     (project / "src" / "debug.log").write_text("x")
@@ -172,9 +172,9 @@ def test_ignored_trees_get_no_watch(project: Path, tmp_path: Path, start_daemon:
     # a new ignored directory gets no watch either
     (project / "src" / "pkg" / "node_modules" / "deep").mkdir(parents=True)
     (project / "src" / "pkg" / "new").mkdir()
-    wait_for(lambda: inotify_watches(d.pid) == 5, what="watch for the new dir")
+    wait_for(lambda: inotify_watches(d.pid) == 6, what="watch for the new dir")
     time.sleep(0.3)
-    assert inotify_watches(d.pid) == 5
+    assert inotify_watches(d.pid) == 6
 
 
 def test_overflow_rescans_and_loses_nothing(project: Path, tmp_path: Path,
@@ -200,6 +200,7 @@ def test_overflow_rescans_and_loses_nothing(project: Path, tmp_path: Path,
     assert "inotify queue overflowed" in d.log
     hb = project / ".devloop" / "daemon.heartbeat"
     wait_for(lambda: json.loads(hb.read_text()).get("rescans", 0) >= 1, what="rescans count")
+    assert json.loads(hb.read_text())["overflows"] >= 1
 
 
 def test_check_that_hangs_is_killed_with_its_grandchildren(project: Path, tmp_path: Path,

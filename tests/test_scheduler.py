@@ -10,8 +10,10 @@ import pytest
 
 from devloop import scheduler as scheduler_mod
 from devloop.config import Check, Config
+from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
 from devloop.store import Run
+from devloop.watcher import Watcher
 
 
 def check(name: str, script: str, **kw: object) -> Check:
@@ -82,6 +84,55 @@ def test_a_real_loop_that_rewrites_the_same_bytes_stops(
 
     asyncio.run(main())
     assert 3 <= len(results) <= 5  # LOOP_RUNS, one more, then the same bytes: stop
+
+
+def test_a_save_just_after_a_looping_checks_run_is_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real edit in the RUN_TAIL_S after the last run of a check caught in a loop is held
+    back like the check's own writes; it must still get its run (after the backoff)."""
+    monkeypatch.setattr(scheduler_mod, "LOOP_RUNS", 3)
+    monkeypatch.setattr(scheduler_mod, "LOOP_BACKOFF_S", 0.3)
+    root = tmp_path / "proj"
+    root.mkdir()
+    target = root / "gen.txt"
+    target.write_text("generated\n")
+    seen = tmp_path / "seen"
+    # a formatter with nothing to change: it rewrites the same bytes, so it triggers itself
+    script = (f"import sys; t = open(sys.argv[1]).read(); open({str(seen)!r}, 'a').write(t);"
+              " open(sys.argv[1], 'w').write(t)")
+    results: list[Run] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        watcher = Watcher(root, IgnoreRules(root))
+        for _ in watcher.walk_all():
+            pass
+
+        def edit() -> None:  # as soon as the loop's last run is over, within its tail
+            if s.busy:
+                loop.call_later(0.005, edit)
+            else:
+                target.write_text("user edit\n")
+
+        def on_result(run: Run, findings: object) -> None:
+            results.append(run)
+            if len(results) == scheduler_mod.LOOP_RUNS + 1:  # the last: its write is held
+                loop.call_soon(edit)
+
+        s = Scheduler(root, Config(checks=(check("fmt", script, debounce_ms=0),)),
+                      on_result, lambda: [])
+        loop.add_reader(watcher.fileno(), lambda: s.changed(watcher.read_events()[0]))
+        s.changed(["gen.txt"])
+        for _ in range(1000):  # the timeout only keeps a broken scheduler from hanging
+            if seen.exists() and seen.read_text().endswith("user edit\n"):
+                break
+            await asyncio.sleep(0.02)
+        loop.remove_reader(watcher.fileno())
+        watcher.close()
+        await s.stop()
+
+    asyncio.run(main())
+    assert seen.read_text().splitlines()[-1] == "user edit"  # the last save was checked
 
 
 def test_debounce_window_restarts_after_a_queued_run(tmp_path: Path) -> None:

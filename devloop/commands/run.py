@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
 
-from devloop import config, statedir
+from devloop import config, staged, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
 from devloop.commands.status import FAILING, render
 from devloop.daemon import use_pidfd_child_watcher
@@ -38,11 +39,18 @@ def add_parser(sub: Subparsers) -> None:
                    help="with --files: take a check's stored result (from the daemon) instead "
                    "of running it, when that run covered these files and started after their "
                    "last change (the git pre-commit hook uses this)")
+    p.add_argument("--staged", action="store_true",
+                   help="check what is staged for commit, not the working tree: the checks the "
+                   "staged files trigger run on a temporary checkout of the git index (the git "
+                   "pre-commit hook uses this; with --reuse-fresh, a stored result counts only "
+                   "where the working tree holds exactly what is staged)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     root = project_root(args.dir)
+    if args.staged:
+        return _run_staged(root, reuse=args.reuse_fresh)
     cfg = config.load(root)
     state_dir = statedir.ensure(root)
     reused: list[CheckState] = []
@@ -53,6 +61,48 @@ def run(args: argparse.Namespace) -> int:
     use_pidfd_child_watcher()
     results = reused + (asyncio.run(_run_once(root, state_dir, cfg, args.files))
                         if cfg.checks else [])
+    print(render(sorted(results, key=lambda st: st.run.check)))
+    return EX_FAIL if any(st.run.outcome in FAILING for st in results) else EX_OK
+
+
+def _run_staged(root: Path, *, reuse: bool) -> int:
+    """The checks the staged files trigger, run on the staged content. The daemon's result
+    for a check is reused only when no file the check reads differs between the working
+    tree and the index, and the staged files are byte for byte what the working tree holds."""
+    state_dir = statedir.ensure(root)
+    files = staged.staged_files(root)
+    if not files:
+        print(render([]))
+        return EX_OK
+    cfg = config.load(root)
+    reused: list[CheckState] = []
+    if reuse:
+        differs = staged.unstaged_files(root)
+        same = staged.identical_to_index(root, files)
+        clean = dataclasses.replace(cfg, checks=tuple(
+            c for c in cfg.checks
+            if not any(c.matches(f) for f in differs)
+            and all(f in same for f in files if c.matches(f))))
+        reused = _fresh_results(root, state_dir, clean, files)
+    names = {st.run.check for st in reused}
+    results: list[CheckState] = []
+    with staged.checkout(root) as tree:
+        if not (tree / config.CONFIG_NAME).exists() and (root / config.CONFIG_NAME).exists():
+            shutil.copyfile(root / config.CONFIG_NAME, tree / config.CONFIG_NAME)  # untracked
+        tcfg = config.load(tree)
+        tcfg = dataclasses.replace(tcfg, checks=tuple(c for c in tcfg.checks
+                                                      if c.name not in names))
+        if tcfg.checks:
+            use_pidfd_child_watcher()
+            # the project's own tool caches (mypy's is keyed by content where paths differ)
+            environ = {**os.environ, "CACHE_DIRECTORY": str(state_dir / "cache")}
+            for st in asyncio.run(_run_once(tree, statedir.ensure(tree), tcfg, files,
+                                            environ)):
+                # findings are relative to the project root: the same files in the real tree
+                run = dataclasses.replace(st.run, output=st.run.output.replace(str(tree),
+                                                                               str(root)))
+                results.append(dataclasses.replace(st, run=run))
+    results = reused + results
     print(render(sorted(results, key=lambda st: st.run.check)))
     return EX_FAIL if any(st.run.outcome in FAILING for st in results) else EX_OK
 
@@ -90,7 +140,8 @@ def _fresh_results(root: Path, state_dir: Path, cfg: config.Config,
 
 
 async def _run_once(root: Path, state_dir: Path, cfg: config.Config,
-                    files: list[str] | None) -> list[CheckState]:
+                    files: list[str] | None, environ: dict[str, str] | None = None,
+                    ) -> list[CheckState]:
     try:
         store = Store.open(state_dir)
     except (sqlite3.Error, OSError) as exc:
@@ -109,7 +160,7 @@ async def _run_once(root: Path, state_dir: Path, cfg: config.Config,
         print(f"{run.check}: {run.outcome} in {run.duration:.2f}s", file=sys.stderr)
 
     rules = IgnoreRules(root, cfg.ignore)
-    scheduler = Scheduler(root, cfg, on_result, lambda: scan_files(root, rules))
+    scheduler = Scheduler(root, cfg, on_result, lambda: scan_files(root, rules), environ)
     if files:
         rel = [str(Path(f)) for f in files if not rules.is_ignored(str(Path(f)), False)]
         scheduler.changed(rel)

@@ -101,7 +101,7 @@ def remove_heartbeat(state_dir: Path, *, target: Path | None = None) -> None:
 
 def heartbeat_record(*, pid: int, uptime_seconds: float, interval_seconds: float,
                      project: str, watches: int, rescans: int, problem: str | None,
-                     checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                     checks: dict[str, dict[str, Any]], overflows: int = 0) -> dict[str, Any]:
     """The heartbeat: liveness, plus the counters that `devloop metrics` exposes.
 
     `checks` maps a check's name to {"runs": {outcome: count since start},
@@ -116,6 +116,7 @@ def heartbeat_record(*, pid: int, uptime_seconds: float, interval_seconds: float
         "project": project,
         "watches": watches,
         "rescans": rescans,
+        "overflows": overflows,
         "problem": problem,
         "checks": checks,
     }

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # config imports NAMES from here: no import cycle at run time
     from devloop.store import Outcome
 
 # The keys `tool = ...` accepts, each the module devloop/tools/<name>.py.
-NAMES: tuple[str, ...] = ("generic", "pysyntax", "pytest", "ruff")
+NAMES: tuple[str, ...] = ("generic", "mypy", "pysyntax", "pytest", "ruff")
 
 
 @dataclass
@@ -89,6 +89,9 @@ class Adapter:
     name: ClassVar[str] = "generic"
     executables: ClassVar[tuple[str, ...]] = ()  # base names of argv[0]
     modules: ClassVar[tuple[str, ...]] = ()  # `python -m MODULE`
+    # It checks the whole program whatever changed (mypy): one run, never split, and its
+    # findings replace all the check's earlier ones.
+    whole_program: ClassVar[bool] = False
 
     def matches(self, argv: tuple[str, ...]) -> bool:
         if not argv:

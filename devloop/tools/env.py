@@ -68,6 +68,10 @@ def environment(root: Path, environ: Mapping[str, str], cache: Path) -> dict[str
         env.pop("PYTHONHOME", None)
     for var, sub in CACHE_VARS.items():
         env.setdefault(var, str(cache / sub))
+    # Bytecode goes to the cache (PYTHONPYCACHEPREFIX), never into the project, so writing
+    # it is harmless; forbidding it (the unit's PYTHONDONTWRITEBYTECODE=1) made every Python
+    # check recompile what it imports from source: 0.4-0.6 s more per dmypy client start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     addopts = env.get("PYTEST_ADDOPTS", "")
     extra = []
     if "cache_dir=" not in addopts:

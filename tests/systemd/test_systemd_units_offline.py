@@ -111,6 +111,7 @@ def test_system_template_key_settings(tmp_path: pathlib.Path) -> None:
     for line in ("Type=notify", "NotifyAccess=main", "Restart=always", "RestartSec=5s",
                  "StartLimitBurst=5", "StartLimitIntervalSec=600",
                  "RestartPreventExitStatus=64 65 66 73 75 78", "MemoryMax=512M",
-                 "CPUQuota=25%", "ProtectSystem=strict", "ProtectHome=read-only",
+                 "CPUWeight=20", "IOWeight=20", "Nice=10", "ProtectSystem=strict",
+                 "ProtectHome=read-only",
                  "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n"):
         assert line in text, line

@@ -127,16 +127,17 @@ def template_text(kind: str) -> str:
 
 
 def _extra_writable(inst: Instance) -> list[str]:
-    """The metrics textfile's directory, when the project asks for one (the sandbox is
-    read-only elsewhere). devloop.toml is the project's: read as the daemon's user,
-    never as root."""
-    def textfile_dir() -> list[str]:
+    """The metrics textfile's and the published health file's directories, when the
+    project asks for them (the sandbox is read-only elsewhere). devloop.toml is the
+    project's: read as the daemon's user, never as root."""
+    def config_dirs() -> list[str]:
         try:
             cfg = config.load(inst.project, follow_symlinks=False)
         except DevloopError:
             return []  # the daemon reports a bad config itself, with exit 78
-        return [str(cfg.metrics_textfile.parent)] if cfg.metrics_textfile else []
-    dirs: list[str] = installed.run_as(inst.account, textfile_dir)
+        return [str(f.parent) for f in (cfg.metrics_textfile, cfg.health_file)
+                if f is not None]
+    dirs: list[str] = installed.run_as(inst.account, config_dirs)
     return dirs
 
 
@@ -154,7 +155,7 @@ def dropin_text(inst: Instance) -> str:
     if inst.kind == SYSTEM:
         lines.append("ReadWritePaths=" + unitsafe.systemd_path("project directory",
                                                                f"{d}/.devloop", "-"))
-        lines += ["ReadWritePaths=" + unitsafe.systemd_path("metrics_textfile directory", p,
+        lines += ["ReadWritePaths=" + unitsafe.systemd_path("metrics_textfile or health_file directory", p,
                                                             "-")
                   for p in _extra_writable(inst)]
     lines += ["ExecStart=",

@@ -155,9 +155,8 @@ def dropin_text(inst: Instance) -> str:
     if inst.kind == SYSTEM:
         lines.append("ReadWritePaths=" + unitsafe.systemd_path("project directory",
                                                                f"{d}/.devloop", "-"))
-        lines += ["ReadWritePaths=" + unitsafe.systemd_path("metrics_textfile or health_file directory", p,
-                                                            "-")
-                  for p in _extra_writable(inst)]
+        lines += ["ReadWritePaths=" + unitsafe.systemd_path(
+            "metrics_textfile or health_file directory", p, "-") for p in _extra_writable(inst)]
     lines += ["ExecStart=",
               f"ExecStart={unitsafe.systemd_exec(list(inst.command))} watch --foreground "
               "${DEVLOOP_PROJECT_DIR}", ""]

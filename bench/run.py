@@ -753,7 +753,7 @@ class DevLoop(Tool):
         from importlib.metadata import version
 
         rev = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).stdout.strip()
-        return f"devloop {version('devloop')}" + (f" ({rev})" if rev else "")
+        return f"devloop {version('devloop-daemon')}" + (f" ({rev})" if rev else "")
 
     def describe(self, ctx: Ctx) -> str:
         return (

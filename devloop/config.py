@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pathspec
 
-from devloop import tools
+from devloop import safeio, tools
 from devloop.errors import EX_CONFIG, DevloopError
 from devloop.ignore import compile_spec, matchable
 from devloop.tools import env as tool_env
@@ -58,6 +58,7 @@ class Config:
     max_parallel: int = 2
     heartbeat_interval: float = 30.0
     metrics_textfile: Path | None = None  # node_exporter textfile, rewritten each heartbeat
+    health_file: Path | None = None  # a copy of the heartbeat a monitoring user may read
 
 
 def _fail(where: str, key: str, problem: str) -> DevloopError:
@@ -156,7 +157,8 @@ def _check(where: str, name: str, table: object) -> Check:
 
 
 def parse(data: Mapping[str, Any], where: str) -> Config:
-    known = {"checks", "ignore", "max_parallel", "heartbeat_interval", "metrics_textfile"}
+    known = {"checks", "ignore", "max_parallel", "heartbeat_interval", "metrics_textfile",
+             "health_file"}
     for k in data:
         if k not in known:
             raise _fail(where, k, "unknown key")
@@ -178,6 +180,7 @@ def parse(data: Mapping[str, Any], where: str) -> Config:
             maximum=3600,
         ),
         metrics_textfile=_textfile(where, data.get("metrics_textfile")),
+        health_file=_health_file(where, data.get("health_file")),
     )
 
 
@@ -190,11 +193,26 @@ def _textfile(where: str, value: object) -> Path | None:
     return Path(value)
 
 
-def load(root: Path) -> Config:
-    """The project's config, or the built-in defaults when it has none."""
+def _health_file(where: str, value: object) -> Path | None:
+    """Published outside the private .devloop/, for NRPE/Nagios run as another user."""
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value.endswith(".json") or not os.path.isabs(value)
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)):
+        raise _fail(where, "health_file", 'must be an absolute path ending in ".json"')
+    return Path(value)
+
+
+def load(root: Path, *, follow_symlinks: bool = True) -> Config:
+    """The project's config, or the built-in defaults when it has none.
+
+    Never blocks (a FIFO is refused, not read) and never reads more than 1 MiB; a
+    reader acting for another user (service install, update-hooks) passes
+    follow_symlinks=False.
+    """
     path = root / CONFIG_NAME
     try:
-        raw = path.read_bytes()
+        raw = safeio.read_regular(path, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
         return Config(checks=default_checks(root))
     except OSError as exc:

@@ -215,6 +215,12 @@ class Daemon:
         reaper.reap_orphans()
         self.watcher.close()
         daemon_health.remove_heartbeat(self.state_dir)
+        if self.config.health_file is not None:
+            daemon_health.remove_heartbeat(self.state_dir, target=self.config.health_file)
+        if self.config.metrics_textfile is not None:  # stopped: devloop_up 0, see metrics.py
+            from devloop import metrics
+
+            metrics.write_textfile(self.config.metrics_textfile, str(self.root), None)
         self._db(Store.unpublish)
         self.store.close()
 
@@ -413,11 +419,15 @@ class Daemon:
             problem=self.problem(),
             checks={c.name: self._check_record(c.name) for c in self.config.checks},
         )
+        health, where = self.config.health_file, self.state_dir
         self._heartbeat_at = time.monotonic()
         try:
             daemon_health.write_heartbeat(self.state_dir, record)
+            if health is not None:  # published for a monitoring user (its directory's group)
+                where = health.parent
+                daemon_health.write_heartbeat(self.state_dir, record, mode=0o640, target=health)
         except OSError as exc:
-            problem = f"cannot write the heartbeat in {self.state_dir}: {exc.strerror}"
+            problem = f"cannot write the heartbeat in {where}: {exc.strerror}"
             if problem != self.heartbeat_problem:
                 log.error("%s", problem)
             self.heartbeat_problem = problem
@@ -430,7 +440,8 @@ class Daemon:
         if self.config.metrics_textfile is not None:
             from devloop import metrics  # only where configured: prometheus_client is 3 MB
 
-            metrics.write_textfile(self.config.metrics_textfile, record)  # logs its errors
+            metrics.write_textfile(self.config.metrics_textfile, str(self.root),
+                                   record)  # logs its errors
         self._heartbeat_handle = asyncio.get_running_loop().call_later(
             self.config.heartbeat_interval, self._heartbeat)
 

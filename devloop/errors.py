@@ -5,6 +5,7 @@ from __future__ import annotations
 EX_OK = 0
 EX_FAIL = 1  # a check failed (run), the daemon is unhealthy (daemon-status)
 EX_USAGE = 64
+EX_DATAERR = 65  # a value cannot be written safely into a service file
 EX_NOINPUT = 66
 EX_NOUSER = 67  # service install: no such user
 EX_UNAVAILABLE = 69  # status --wait: no daemon watches the project

@@ -1,7 +1,7 @@
 """`devloop mcp DIR`: the project's check results as Model Context Protocol tools, over stdio.
 
 Only `devloop mcp` imports this module (and with it the MCP SDK, the optional extra
-`devloop[mcp]`): the daemon never loads it. Every answer is small on purpose: a model
+`mcp` of devloop-daemon): the daemon never loads it. Every answer is small on purpose: a model
 reads it whole, so the summary comes first and findings are capped.
 """
 

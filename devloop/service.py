@@ -13,25 +13,25 @@ import os
 import pwd
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from devloop import config, installed, resources
+from devloop import config, installed, resources, unitsafe
 from devloop.errors import EX_NOUSER, EX_USAGE, DevloopError
 
 SYSTEM = "system"
 USER = "user"
 SUPERVISOR = "supervisor"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,200}$")
-UNSAFE_PATH = re.compile(r"[\s\"'\\$;`]")  # kept out of unit and ini files, never escaped
 SYSTEM_DIR = "etc/systemd/system"
 USER_DIR = ".config/systemd/user"
 SUPERVISOR_DIR = "etc/supervisor/conf.d"
 DROPIN = "instance.conf"
 
 
-def devloop_executable() -> str:
+def devloop_executable() -> list[str]:
     """This devloop, absolute: the console script next to the running interpreter.
 
     Not resolved through symlinks: a venv's python is a link out of the venv, and the
@@ -39,11 +39,11 @@ def devloop_executable() -> str:
     """
     script = Path(sys.executable).parent / "devloop"
     if os.access(script, os.X_OK):
-        return str(script)
+        return [str(script)]
     argv0 = Path(sys.argv[0])
     if argv0.name == "devloop" and os.access(argv0, os.X_OK):
-        return str(argv0.absolute())
-    return f"{sys.executable} -m devloop"
+        return [str(argv0.absolute())]
+    return [sys.executable, "-m", "devloop"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Instance:
     name: str
     project: Path
     user: str
-    executable: str
+    command: tuple[str, ...]  # the devloop to run: its path (or python -m devloop)
     root: Path = Path("/")  # tests write under a temp dir instead of /
 
     @property
@@ -63,12 +63,10 @@ class Instance:
             raise DevloopError(f"no such user: {self.user}", EX_NOUSER) from None
 
     @property
-    def owner(self) -> tuple[int, int] | None:
-        """Who owns what we write: a user unit belongs to its user."""
-        acct = self.account
-        if self.kind == USER and os.geteuid() == 0 and acct.pw_uid != 0:
-            return acct.pw_uid, acct.pw_gid
-        return None
+    def writer(self) -> pwd.struct_passwd | None:
+        """Who writes the files: a user unit lives in the user's home, so root writes it
+        as that user (never through the user's symlinks); None: whoever runs devloop."""
+        return self.account if self.kind == USER else None
 
     def _under_root(self, path: str) -> Path:
         return self.root / path.lstrip("/")
@@ -105,61 +103,69 @@ class Instance:
         return self.unit_dir / f"{target}.wants" / self.unit
 
 
-def make(kind: str, name: str, project: Path, user: str, executable: str | None = None,
-         root: Path | None = None) -> Instance:
-    """A checked Instance: bad names and paths are one-line usage errors."""
-    if not NAME_RE.match(name):
+def make(kind: str, name: str, project: Path, user: str, command: list[str] | None = None,
+         root: Path | None = None, *, allow_root: bool = False) -> Instance:
+    """A checked Instance: a bad name is a usage error, a value no service file can hold
+    is refused (exit 65), and running the daemon as root needs allow_root."""
+    if not NAME_RE.match(name) or (kind == SUPERVISOR and ":" in name):
         raise DevloopError(f"bad instance name {name!r}: letters, digits and _ . : - only "
-                           "(try the project's directory name)", EX_USAGE)
-    exe = executable or devloop_executable()
-    for what, value in (("project directory", str(project)), ("devloop path", exe)):
-        if UNSAFE_PATH.search(value.replace(" -m devloop", "")):
-            raise DevloopError(f"{what} {value!r} has spaces, quotes, '$', ';' or "
-                               "backslashes: not supported in unit files", EX_USAGE)
-    inst = Instance(kind, name, project, user, exe, root or Path("/"))
-    inst.account  # noqa: B018 - the user must exist
+                           "(: not with --supervisor; try the project's directory name)",
+                           EX_USAGE)
+    inst = Instance(kind, name, project, unitsafe.user(user),
+                    tuple(command or devloop_executable()), root or Path("/"))
+    unitsafe.check_path("project directory", str(project))
+    unitsafe.check_path("executable", inst.command[0])
+    if inst.account.pw_uid == 0 and not allow_root:
+        raise DevloopError(f"the daemon would run as root ({user}): give the project to its "
+                           "user, name one with --user, or pass --allow-root", EX_USAGE)
     return inst
 
 
-def _unit_escape(text: str) -> str:
-    return text.replace("%", "%%")
-
-
-def template_text(inst: Instance) -> str:
-    shipped = resources.read(resources.USER_UNIT if inst.kind == USER else resources.SYSTEM_UNIT)
+def template_text(kind: str) -> str:
+    shipped = resources.read(resources.USER_UNIT if kind == USER else resources.SYSTEM_UNIT)
     return installed.header() + shipped
 
 
 def _extra_writable(inst: Instance) -> list[str]:
-    """The metrics textfile's directory, when the project asks for one (the sandbox is
-    read-only elsewhere)."""
-    try:
-        cfg = config.load(inst.project)
-    except DevloopError:
-        return []  # the daemon reports a bad config itself, with exit 78
-    return [str(cfg.metrics_textfile.parent)] if cfg.metrics_textfile else []
+    """The metrics textfile's and the published health file's directories, when the
+    project asks for them (the sandbox is read-only elsewhere). devloop.toml is the
+    project's: read as the daemon's user, never as root."""
+    def config_dirs() -> list[str]:
+        try:
+            cfg = config.load(inst.project, follow_symlinks=False)
+        except DevloopError:
+            return []  # the daemon reports a bad config itself, with exit 78
+        return [str(f.parent) for f in (cfg.metrics_textfile, cfg.health_file)
+                if f is not None]
+    dirs: list[str] = installed.run_as(inst.account, config_dirs)
+    return dirs
 
 
 def dropin_text(inst: Instance) -> str:
-    d = _unit_escape(str(inst.project))
+    d = str(inst.project)
     lines = [installed.header().rstrip("\n"),
              f"# devloop service install {inst.name}: the instance's user and project.",
+             "[Unit]",
+             f"Description={unitsafe.systemd_text('project directory', f'DevLoop checks for {d}')}",
              "[Service]"]
     if inst.kind == SYSTEM:
         lines.append(f"User={inst.user}")
-    lines.append(f"Environment=DEVLOOP_PROJECT_DIR={d}")
+    lines.append("Environment=" + unitsafe.systemd_word("project directory",
+                                                        f"DEVLOOP_PROJECT_DIR={d}"))
     if inst.kind == SYSTEM:
-        lines.append(f"ReadWritePaths=-{d}/.devloop")
-        lines += [f"ReadWritePaths=-{_unit_escape(p)}" for p in _extra_writable(inst)]
+        lines.append("ReadWritePaths=" + unitsafe.systemd_path("project directory",
+                                                               f"{d}/.devloop", "-"))
+        lines += ["ReadWritePaths=" + unitsafe.systemd_path(
+            "metrics_textfile or health_file directory", p, "-") for p in _extra_writable(inst)]
     lines += ["ExecStart=",
-              f"ExecStart={_unit_escape(inst.executable)} watch --foreground "
+              f"ExecStart={unitsafe.systemd_exec(list(inst.command))} watch --foreground "
               "${DEVLOOP_PROJECT_DIR}", ""]
     return "\n".join(lines)
 
 
 def supervisor_text(inst: Instance) -> str:
     """The shipped program section, with the name, command, directory and user filled in."""
-    d = str(inst.project).replace("%", "%%")
+    d = str(inst.project)
     out = [installed.header(";").rstrip("\n")]
     for line in resources.read(resources.SUPERVISOR_PROGRAM).splitlines():
         if line.startswith(";"):
@@ -168,9 +174,10 @@ def supervisor_text(inst: Instance) -> str:
         if line == "[program:devloop]":
             line = f"[program:{inst.program}]"
         elif key == "command":
-            line = f"command={inst.executable.replace('%', '%%')} watch --foreground {d}"
+            line = "command=" + unitsafe.supervisor_command(
+                [*inst.command, "watch", "--foreground", d])
         elif key == "directory":
-            line = f"directory={d}"
+            line = "directory=" + unitsafe.supervisor_value("project directory", d)
         elif key == "user":
             line = f"user={inst.user}"
         if line or (out and out[-1]):
@@ -182,7 +189,8 @@ def files(inst: Instance) -> list[tuple[Path, str]]:
     """(path, text) of every file the instance needs, in the order they are written."""
     if inst.kind == SUPERVISOR:
         return [(inst.supervisor_path, supervisor_text(inst))]
-    return [(inst.template_path, template_text(inst)), (inst.dropin_path, dropin_text(inst))]
+    return [(inst.template_path, template_text(inst.kind)),
+            (inst.dropin_path, dropin_text(inst))]
 
 
 def _systemctl(inst: Instance) -> list[str]:
@@ -208,13 +216,29 @@ def uninstall_commands(inst: Instance) -> tuple[list[list[str]], list[list[str]]
     return [[*ctl, "disable", "--now", inst.unit]], [[*ctl, "daemon-reload"]]
 
 
-def other_instances(inst: Instance) -> list[Path]:
-    """devloop-written drop-ins of other instances, which still need the template."""
-    found = []
-    for dropin in sorted(inst.unit_dir.glob(f"devloop@*.service.d/{DROPIN}")):
-        if dropin != inst.dropin_path and installed.mark_version(dropin) is not None:
-            found.append(dropin)
-    return found
+def template_users(inst: Instance) -> list[str]:
+    """Files that show another instance needs the template: its drop-in directory
+    (marked or not) or its enabled link."""
+    found = [str(d) for d in sorted(inst.unit_dir.glob("devloop@?*.service.d"))
+             if d.name != f"{inst.unit}.d"]
+    return found + [str(link) for link in sorted(inst.unit_dir.glob("*.wants/devloop@?*.service"))
+                    if link.name != inst.unit]
+
+
+def loaded_instances(inst: Instance) -> list[str]:
+    """Other instances the running systemd has loaded (started by hand, say)."""
+    if inst.root != Path("/"):
+        return []  # a test tree: the running systemd knows nothing of it
+    try:
+        r = subprocess.run([*_systemctl(inst), "list-units", "--all", "--plain", "--no-legend",
+                            "--full", "devloop@*.service"], capture_output=True, text=True,
+                           timeout=60, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if r.returncode != 0:
+        return []
+    units = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+    return [f"{u} (loaded)" for u in units if u.startswith("devloop@") and u != inst.unit]
 
 
 def shell(cmd: list[str]) -> str:

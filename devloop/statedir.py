@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from devloop import safeio
 from devloop.core.daemon_health import STATE_DIR
 from devloop.errors import EX_CANTCREAT, EX_TEMPFAIL, DevloopError
 
@@ -88,22 +89,21 @@ def open_private(path: Path, flags: int, *, own: bool = True) -> int:
     O_NONBLOCK: a planted FIFO cannot hang the open.
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        fd = safeio.open_regular(path, flags)
+    except safeio.NotRegularFile:
+        raise unsafe(path, "it is not a regular file") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise unsafe(path, "it is a symlink") from None
         if own and exc.errno == errno.EACCES:
             _check_owned(path, os.lstat(path))  # another user's file: say so
         raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise unsafe(path, "it is not a regular file")
-        if own:
-            _check_owned(path, st)
-    except BaseException:
-        os.close(fd)
-        raise
+    if own:
+        try:
+            _check_owned(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 

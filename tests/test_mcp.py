@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from daemon_proc import DaemonProc, alive, wait_for
 
-mcp = pytest.importorskip("mcp", reason="the optional extra devloop[mcp] is not installed")
+mcp = pytest.importorskip("mcp", reason="the optional extra mcp is not installed")
 import anyio  # noqa: E402  (installed with mcp)
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 
@@ -488,4 +488,4 @@ def test_without_the_extra_one_clear_line(project: Path, tmp_path: Path) -> None
     assert r.returncode == 69
     assert r.stderr.strip().splitlines() == [
         "devloop: error: devloop mcp needs the MCP SDK (mcp is missing): "
-        "pip install 'devloop[mcp]'"]
+        "install DevLoop with its extra: pip install '.[mcp]' in its checkout"]

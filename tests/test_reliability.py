@@ -148,8 +148,17 @@ def test_heartbeat_symlink_is_not_followed_by_the_health_check(tmp_path: Path) -
     (b'{"pid": 1, "timestamp": "2999-01-01T00:00:00+00:00", "uptime_seconds": 1}',
      "UNHEALTHY", "future"),
     (b'{"pid": 1, "timestamp": "2020-01-01T00:00:00+00:00", "uptime_seconds": 1}',
-     "UNHEALTHY", "more than twice"),
+     "UNHEALTHY", "not the devloop daemon"),  # PID 1 is init: foreign, whatever the age
     (b"\xff\xfe\x00", "ERROR", "not valid JSON"),
+    (b"[" * 60_000, "ERROR", "not valid JSON"),  # RecursionError inside json.loads
+    (b'{"pid": 1, "timestamp": "0001-01-01T00:00:00+14:00", "uptime_seconds": 1}', "ERROR",
+     "out of range"),
+    (b'{"pid": 1, "timestamp": "2026-01-01T00:00:00+00:00", "uptime_seconds": NaN}', "ERROR",
+     "not valid JSON"),
+    (b'{"pid": 1, "timestamp": "2026-01-01T00:00:00+00:00", "uptime_seconds": 1, '
+     b'"rescans": -5}', "ERROR", "'rescans' is not a count"),
+    (b'{"pid": 1, "timestamp": "2026-01-01T00:00:00+00:00", "uptime_seconds": 1, '
+     b'"checks": {"c": {"last_duration_seconds": 1e400}}}', "ERROR", "is not a number"),
     (b" " * 100_000, "ERROR", "too large"),
 ])
 def test_fuzzed_heartbeat_files(tmp_path: Path, content: bytes, status_: str,

@@ -158,9 +158,11 @@ run_on_start = false
     assert status.returncode == 1 and "not running" in status.stdout
 
 
-def test_service_install_supervisor_section_runs(tmp_path: Path,
-                                                 supervisor: Supervisor) -> None:
-    project = make_project(tmp_path / "proj", """heartbeat_interval = 1
+@pytest.mark.parametrize("dirname", ["proj", "we ird %(ENV_HOME)s 'q\" \\b#c"])
+def test_service_install_supervisor_section_runs(tmp_path: Path, supervisor: Supervisor,
+                                                 dirname: str) -> None:
+    """Also with a directory that needs shell quoting and %-escaping for supervisord."""
+    project = make_project(tmp_path / dirname, """heartbeat_interval = 1
 [checks.ok]
 command = ["true"]
 patterns = ["*.txt"]
@@ -168,13 +170,13 @@ patterns = ["*.txt"]
     root = tmp_path / "root"
     me = pwd.getpwuid(os.geteuid()).pw_name
     r = devloop("service", "install", "alpha", "--supervisor", "--dir", str(project),
-                "--user", me, "--root", str(root))
+                "--user", me, "--root", str(root), *(["--allow-root"] if me == "root" else []))
     assert r.returncode == 0, r.stderr
     conf = root / "etc" / "supervisor" / "conf.d" / "devloop-alpha.conf"
     assert f"created    {conf}" in r.stdout and "supervisorctl update devloop-alpha" in r.stdout
     text = conf.read_text()
     assert text.startswith("; installed by devloop ")
-    assert f"command={devloop_exe()} watch --foreground {project}\n" in text
+    assert f"command={devloop_exe()} watch --foreground " in text
     shutil.copy(conf, supervisor.tmp / "conf.d" / conf.name)
     env = {k: v for k, v in os.environ.items() if k != "PROJECT_DIR"}
     supervisor.start(env)  # neither PROJECT_DIR nor devloop on PATH needed

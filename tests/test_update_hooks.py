@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from ops_helpers import devloop, make_project
+
+AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
 
 TOML = """[checks.syntax]
 command = ["python3", "-m", "devloop.tools.pysyntax", "{files}"]
@@ -13,10 +16,11 @@ patterns = ["*.py"]
 """
 
 
-def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def git(repo: Path, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.com",
                            "-c", "user.name=t", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
 
 
 def test_hook_blocks_bad_commit_and_lets_good_one_through(tmp_path: Path) -> None:
@@ -77,7 +81,7 @@ def test_refreshes_installed_units_and_supervisor_programs(tmp_path: Path) -> No
     root = tmp_path / "root"
     for extra in ((), ("--supervisor",)):
         r = devloop("service", "install", "p", "--dir", str(project), "--root", str(root),
-                    *extra)
+                    *extra, *AS_ROOT)
         assert r.returncode == 0, r.stderr
     unit_dir = root / "etc" / "systemd" / "system"
     template = unit_dir / "devloop@.service"

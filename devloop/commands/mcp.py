@@ -1,7 +1,8 @@
 """`devloop mcp DIR`: a Model Context Protocol server over stdio for coding assistants.
 
-The MCP SDK is the optional extra `devloop[mcp]`; it is imported only when this command
-runs, so neither the daemon nor the other commands load it.
+The MCP SDK is the optional extra `mcp` (`pip install '.[mcp]'` in DevLoop's checkout);
+it is imported only when this command runs, so neither the daemon nor the other commands
+load it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def add_parser(sub: Subparsers) -> None:
         description="Serve DIR's check results as MCP tools over stdin/stdout: status, "
         "wait_until_fresh, findings_for and run. Add it to an assistant with e.g. "
         "`claude mcp add devloop -- devloop mcp /path/to/project`. Needs the optional "
-        "extra: pip install 'devloop[mcp]' (exit 69 without it).",
+        "extra mcp: pip install '.[mcp]' in DevLoop's checkout (exit 69 without it).",
     )
     add_dir_argument(p)
     p.set_defaults(func=run)
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
                                                                "anyio"):
             raise
         raise DevloopError(f"devloop mcp needs the MCP SDK ({exc.name} is missing): "
-                           "pip install 'devloop[mcp]'", EX_UNAVAILABLE) from None
+                           "install DevLoop with its extra: pip install '.[mcp]' in its checkout",
+                           EX_UNAVAILABLE) from None
     mcp_server.serve(root)
     return EX_OK

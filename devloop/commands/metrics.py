@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
-import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
+from prometheus_client import start_http_server
 
 from devloop import metrics
-from devloop.commands import Subparsers, project_root
+from devloop.commands import Subparsers
 from devloop.errors import EX_OK, EX_OSERR, EX_USAGE, DevloopError
 
 
@@ -23,7 +23,9 @@ def add_parser(sub: Subparsers) -> None:
         help="Prometheus metrics from the daemons' heartbeats (print, or serve over HTTP)",
         description="Print the Prometheus exposition text for each DIR, built from its "
         "heartbeat; every sample is labelled project=DIR. With --listen HOST:PORT, serve the "
-        "same on http://HOST:PORT/metrics (read at every scrape) until SIGTERM or Ctrl-C.",
+        "same on http://HOST:PORT/metrics (read at every scrape, several scrapes at once) "
+        "until SIGTERM or Ctrl-C. A DIR that does not exist, or whose heartbeat is corrupt, "
+        "is reported down (devloop_up 0), never an error for the others.",
     )
     p.add_argument("dirs", nargs="*", default=["."], metavar="DIR",
                    help="project directories (default: the current directory)")
@@ -42,46 +44,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 10  # a client that stops talking cannot hold the single-threaded server
-
-    def log_message(self, format: str, *args: object) -> None:
-        """No access log: Prometheus scrapes every few seconds."""
-
-
-class _Server(WSGIServer):
-    address_family = socket.AF_INET
-
-
-class _Server6(WSGIServer):
-    address_family = socket.AF_INET6
-
-
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(EX_OK)
 
 
 def serve(listen: str, projects: list[Path]) -> int:
+    """prometheus_client's threading server: an idle or slow client holds one thread only."""
     host, port = parse_listen(listen)
-    app = make_wsgi_app(metrics.registry_for(metrics.ProjectsCollector(projects)))
+    registry = metrics.registry_for(metrics.ProjectsCollector(projects))
     try:
-        server = make_server(host, port, app, server_class=_Server6 if ":" in host else _Server,
-                             handler_class=_QuietHandler)
+        server, _ = start_http_server(port, host, registry)
     except OSError as exc:
-        raise DevloopError(f"cannot listen on {listen}: {exc.strerror}", EX_OSERR) from None
+        raise DevloopError(f"cannot listen on {listen}: {exc.strerror or exc}",
+                           EX_OSERR) from None
     signal.signal(signal.SIGTERM, _stop)
     shown = f"[{host}]" if ":" in host else host
     print(f"devloop: serving metrics of {len(projects)} projects on "
           f"http://{shown}:{server.server_port}/metrics", file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        threading.Event().wait()  # until SIGTERM or Ctrl-C
     finally:
+        server.shutdown()
         server.server_close()
     return EX_OK
 
 
 def run(args: argparse.Namespace) -> int:
-    projects = [project_root(d) for d in args.dirs]
+    projects = [Path(os.path.abspath(d)) for d in args.dirs]  # a missing one is just down
     if args.listen:
         return serve(args.listen, projects)
     sys.stdout.write(metrics.exposition(projects))

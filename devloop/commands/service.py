@@ -6,13 +6,12 @@ import argparse
 import os
 import pwd
 import subprocess
+import sys
 from pathlib import Path
 
 from devloop import installed, service
 from devloop.commands import Subparsers, project_root
-from devloop.errors import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, DevloopError
-
-ROOT_ENV = "DEVLOOP_INSTALL_ROOT"
+from devloop.errors import EX_CANTCREAT, EX_NOUSER, EX_OK, EX_TEMPFAIL, DevloopError
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -34,6 +33,8 @@ def add_parser(sub: Subparsers) -> None:
                            "directory)")
             a.add_argument("--executable", metavar="PATH", help="the devloop to run "
                            "(default: this one)")
+            a.add_argument("--allow-root", action="store_true", help="let the daemon run "
+                           "as root (refused otherwise, e.g. for a project root owns)")
         a.add_argument("--user", help="the user the daemon runs as (default: the owner of "
                        "--dir; uninstall: you)")
         kind = a.add_mutually_exclusive_group()
@@ -45,8 +46,8 @@ def add_parser(sub: Subparsers) -> None:
                        "supervisorctl commands")
         a.add_argument("--print", action="store_true", dest="dry_run",
                        help="show the files and commands; change nothing")
-        a.add_argument("--root", type=Path, default=os.environ.get(ROOT_ENV) or None,
-                       help=f"write under this directory instead of / (tests; ${ROOT_ENV})")
+        a.add_argument("--root", type=Path, help="write under this directory instead of / "
+                       "(tests)")
         a.set_defaults(func=run)
 
 
@@ -76,18 +77,33 @@ def _show(cmds: list[list[str]], heading: str) -> None:
             print(f"  {service.shell(cmd)}")
 
 
+def _owner_name(project: Path) -> str:
+    uid = project.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise DevloopError(f"{project} belongs to uid {uid}, which has no user name: "
+                           "name the daemon's user with --user", EX_NOUSER) from None
+
+
 def install(args: argparse.Namespace) -> int:
     project = project_root(args.dir)
-    user = args.user or pwd.getpwuid(project.stat().st_uid).pw_name
-    inst = service.make(_kind(args), args.name, project, user, args.executable, args.root)
+    user = args.user or _owner_name(project)
+    inst = service.make(_kind(args), args.name, project, user,
+                        [args.executable] if args.executable else None, args.root,
+                        allow_root=args.allow_root)
+    owner = project.stat().st_uid
+    if owner not in (0, inst.account.pw_uid):
+        print(f"devloop: warning: {project} belongs to uid {owner}, not {user}: whoever "
+              f"edits its devloop.toml runs commands as {user}", file=sys.stderr)
+    files = service.files(inst)  # every value checked before anything is written
     blocked = False
-    for i, (path, text) in enumerate(service.files(inst)):
-        change = installed.put(path, text, owner=inst.owner, dry_run=args.dry_run)
+    for i, change in enumerate(installed.put_all(inst.writer, files, dry_run=args.dry_run)):
         print(change)
         blocked |= change.action == installed.FOREIGN and (i > 0 or inst.kind ==
                                                            service.SUPERVISOR)
         if args.dry_run:
-            print(f"---- {path}\n{text}----")
+            print(f"---- {change.path}\n{files[i][1]}----")
     if blocked:
         raise DevloopError("the instance's own file was not written by devloop: move it "
                            "away or edit it yourself", EX_CANTCREAT)
@@ -100,23 +116,38 @@ def install(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _remove(inst: service.Instance, loaded: list[str], *,
+            dry_run: bool) -> list[installed.Change]:
+    """Remove the instance's files (as their owner: see installed.run_as); the template
+    only when nothing else uses it."""
+    def remove() -> list[list[str]]:
+        if inst.kind == service.SUPERVISOR:
+            return [installed.remove(inst.supervisor_path, dry_run=dry_run).as_list()]
+        out = [installed.remove(inst.dropin_path, dry_run=dry_run).as_list()]
+        users = service.template_users(inst) + loaded
+        if users:
+            out.append(installed.Change("kept", inst.template_path,
+                                        f"still used: {', '.join(users)}").as_list())
+        else:
+            out.append(installed.remove(inst.template_path, dry_run=dry_run).as_list())
+        return out
+    return [installed.Change.from_list(c) for c in installed.run_as(inst.writer, remove)]
+
+
 def uninstall(args: argparse.Namespace) -> int:
     user = args.user or pwd.getpwuid(os.geteuid()).pw_name
-    inst = service.make(_kind(args), args.name, Path("/"), user, None, args.root)
+    inst = service.make(_kind(args), args.name, Path("/"), user, None, args.root,
+                        allow_root=True)
     before, after = service.uninstall_commands(inst)
-    if inst.kind != service.SUPERVISOR and inst.wants_link.is_symlink() and not args.now:
+    if inst.kind != service.SUPERVISOR and not args.now and \
+            installed.run_as(inst.writer, inst.wants_link.is_symlink):
         raise DevloopError(f"{inst.unit} is enabled: run '{service.shell(before[0])}' first, "
                            "or add --now", EX_TEMPFAIL)
     if args.now and not args.dry_run:
         _run_commands(before)
-    if inst.kind == service.SUPERVISOR:
-        paths = [inst.supervisor_path]
-    else:
-        paths = [inst.dropin_path]
-        if not service.other_instances(inst):
-            paths.append(inst.template_path)
-    for path in paths:
-        print(installed.remove(path, dry_run=args.dry_run))
+    loaded = service.loaded_instances(inst) if inst.kind != service.SUPERVISOR else []
+    for change in _remove(inst, loaded, dry_run=args.dry_run):
+        print(change)
     if args.now and not args.dry_run:
         _run_commands(after)
     elif inst.kind == service.SUPERVISOR:

@@ -349,7 +349,7 @@ def build_wheel(root: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     subprocess.run(["/usr/bin/python3", "-m", "pip", "wheel", "-q", "--no-deps",
                     "--disable-pip-version-check", "-w", str(wheels), str(src)],
                    check=True, capture_output=True, text=True, timeout=600)
-    found = sorted(wheels.glob("devloop-*.whl"))
+    found = sorted(wheels.glob("devloop_daemon-*.whl"))
     if not found:
         raise RuntimeError(f"no devloop wheel built in {wheels}")
     os.chmod(out, 0o755)

@@ -5,7 +5,7 @@ values (it only warns), so ANY output counts as a failure. ``verify`` also insis
 that ExecStart='s executable exists: the system template's /opt/devloop/bin/devloop is
 replaced by a stub in the copy (the only change; test_systemd_smoke.py verifies the
 unmodified file inside the nested systemd, where /opt/devloop exists), and the user
-template gets a HOME with a stub ~/.local/bin/devloop.
+template gets a HOME with a stub ~/.devloop/bin/devloop.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_system_template_verifies_clean(tmp_path: pathlib.Path) -> None:
 
 def test_user_template_verifies_clean(tmp_path: pathlib.Path) -> None:
     home = tmp_path / "home"
-    _stub(home / ".local" / "bin" / "devloop")
+    _stub(home / ".devloop" / "bin" / "devloop")  # where the README installs it
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     unit = tmp_path / "devloop@x.service"

@@ -119,6 +119,13 @@ def run_as(account: pwd.struct_passwd | None, fn: Callable[[], T]) -> T:
     if pid == 0:  # the child: never returns
         os.close(rfd)
         try:
+            # root's terminal stays root's: a process of the user's (git) could take the
+            # fds it inherits (ptrace, pidfd_getfd), read root's keys, write to its screen
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
             os.chdir("/")
             for var in [v for v in os.environ if v.startswith(("XDG_", "GIT_"))]:
                 del os.environ[var]  # root's: git as the user would read root's config

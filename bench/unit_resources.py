@@ -249,7 +249,9 @@ def main() -> int:
             where = " (unit in system.slice: drop-in)" if not own_slice else ""
             lines.append(f"| {len(units)} x `systemd-run --slice={slice_}`{where} | {idle:.2f} | "
                          f"{busy:.2f} | {dl:.2f} | {busy / (busy + dl):.0%} | {busy / idle:.0%} |")
-        lines += ["", "Hogs' part: of the CPU the hogs and the unit used together while the "
+        lines += ["", f"Load average after the CPU-share runs: {os.getloadavg()[0]:.1f} "
+                  "(the hogs themselves add about one per CPU).",
+                  "", "Hogs' part: of the CPU the hogs and the unit used together while the "
                   "unit's checks ran back to back, the hogs' (target: at least 75%). Hogs "
                   "busy/idle: their CPU time then over an equal window with devloop idle, "
                   "which other work on the machine makes noisy.", ""]

@@ -13,13 +13,13 @@ import os
 import pwd
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from devloop import __version__, safeio
+from devloop.core.daemon_health import atomic_write
 from devloop.errors import EX_CANTCREAT, EX_SOFTWARE, DevloopError
 from devloop.systemd import escape_controls
 
@@ -78,8 +78,8 @@ def left_alone(path: Path) -> Change:
 def put(path: Path, text: str, *, mode: int = 0o644, dry_run: bool = False) -> Change:
     """Create or refresh `path` with `text`, unless it exists without our mark.
 
-    Atomic (a temp file in the same directory, fsynced, then renamed over the old one,
-    which also replaces a symlink there instead of following it).
+    Atomic (daemon_health.atomic_write: a new file renamed over the old one, which also
+    replaces a symlink there instead of following it).
     """
     if path.exists() or path.is_symlink():
         old = mark_version(path)
@@ -95,20 +95,10 @@ def put(path: Path, text: str, *, mode: int = 0o644, dry_run: bool = False) -> C
         action, note = "created", ""
     if dry_run:
         return Change(f"would be {action}", path, note)
-    tmp = None
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, text.encode("utf-8"), mode)
     except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         raise DevloopError(f"cannot write {path}: {exc.strerror}", EX_CANTCREAT) from None
     return Change(action, path, note)
 

@@ -23,12 +23,14 @@ COMMANDS = {
     "metrics": "metrics",
     "service": "service",
     "update-hooks": "update_hooks",
+    "mcp": "mcp",
 }
 
 EPILOG = """\
 exit codes: 0 ok; 1 a check failed (run, status) or the daemon is unhealthy (daemon-status);
 64 usage; 65 a value no service file can hold (service, update-hooks);
 66 no such project directory, or it went away; 67 no such user (service);
+69 no daemon watches the project (status --wait), or the optional extra is missing (mcp);
 70 the detached daemon died before it was ready; 71 inotify watch limit reached;
 73 .devloop/ cannot be created; 75 another daemon already watches the project (or stop
 timed out); 78 bad config.

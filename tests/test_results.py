@@ -20,7 +20,7 @@ import pytest
 from daemon_proc import DaemonProc, devloop, status_json, wait_for
 
 from devloop import results
-from devloop.core.daemon_health import read_heartbeat
+from devloop.core import daemon_health
 from devloop.store import CheckState, Run, Store
 
 Start = Callable[..., DaemonProc]
@@ -36,6 +36,15 @@ for name in sys.argv[1:]:
                 bad += 1
 sys.exit(1 if bad else 0)
 """
+
+
+def read_heartbeat(project: Path) -> dict[str, Any] | None:
+    """The heartbeat as a monitor reads it; None while there is none (or half of one)."""
+    try:
+        raw = daemon_health.heartbeat_path(project).read_bytes()
+    except FileNotFoundError:
+        return None
+    return daemon_health.parse(raw)[0]
 
 
 def check(name: str, **body: Any) -> str:

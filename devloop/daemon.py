@@ -36,6 +36,7 @@ from devloop.errors import (
 )
 from devloop.findings import Finding
 from devloop.ignore import EXCLUDE, IgnoreRules
+from devloop.logonce import Trouble
 from devloop.scheduler import Scheduler
 from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
@@ -73,11 +74,7 @@ class Daemon:
         self.notifier = notifier
         self.started = time.monotonic()
         self.started_at = time.time()
-        try:
-            self.store = Store.open(state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
-        except (sqlite3.Error, OSError) as exc:
-            raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
-                               EX_CANTCREAT) from None
+        self.store = Store.open_writer(state_dir, busy_timeout=DB_BUSY_TIMEOUT_S)
         self._unsaved: deque[Callable[[Store], object]] = deque()  # writes, in order
         self._flush_handle: asyncio.TimerHandle | None = None
         self.ledger = reaper.GroupLedger(state_dir)
@@ -108,8 +105,8 @@ class Daemon:
         self._heartbeat_at = float("-inf")
         self._heartbeat_soon_handle: asyncio.TimerHandle | None = None
         self.config_problem: str | None = None
-        self.db_problem: str | None = None
-        self.heartbeat_problem: str | None = None
+        self.db_trouble = Trouble(log, "results database writable again")
+        self.heartbeat_trouble = Trouble(log, "heartbeat written again")
         self._stop = asyncio.Event()
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_sent_at = 0.0
@@ -427,14 +424,10 @@ class Daemon:
                 where = health.parent
                 daemon_health.write_heartbeat(self.state_dir, record, mode=0o640, target=health)
         except OSError as exc:
-            problem = f"cannot write the heartbeat in {where}: {exc.strerror}"
-            if problem != self.heartbeat_problem:
-                log.error("%s", problem)
-            self.heartbeat_problem = problem
+            self.heartbeat_trouble.report(
+                f"cannot write the heartbeat in {where}: {exc.strerror}")
         else:
-            if self.heartbeat_problem:
-                log.info("heartbeat written again")
-            self.heartbeat_problem = None
+            self.heartbeat_trouble.clear()
         if self._unsaved:
             self._flush()
         if self.config.metrics_textfile is not None:
@@ -604,7 +597,7 @@ class Daemon:
 
         A database that turns out corrupt is moved aside and started afresh, once.
         """
-        problem = None
+        problem = ""
         for attempt in (1, 2):
             try:
                 write(self.store)
@@ -624,21 +617,17 @@ class Daemon:
             except OSError as exc:
                 problem = f"cannot write results to {self.state_dir}: {exc.strerror}"
             else:
-                if self.db_problem:
-                    log.info("results database writable again")
-                    self.db_problem = None
+                if self.db_trouble.clear():
                     self._update_status()
                 return True
             break
-        if problem != self.db_problem:
-            log.error("%s", problem)
-            self.db_problem = problem
+        if self.db_trouble.report(problem):
             self._update_status()
         return False
 
     # -- status ---------------------------------------------------------------------
     def problem(self) -> str | None:
-        return (self.watcher.problem or self.db_problem or self.heartbeat_problem
+        return (self.watcher.problem or self.db_trouble.problem or self.heartbeat_trouble.problem
                 or self.config_problem)
 
     def status_text(self) -> str:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from devloop import __version__, safeio
-from devloop.core.daemon_health import atomic_write
+from devloop.core.atomicfile import atomic_write
 from devloop.errors import EX_CANTCREAT, EX_SOFTWARE, DevloopError
-from devloop.systemd import escape_controls
+from devloop.printable import escape_controls
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def left_alone(path: Path) -> Change:
 def put(path: Path, text: str, *, mode: int = 0o644, dry_run: bool = False) -> Change:
     """Create or refresh `path` with `text`, unless it exists without our mark.
 
-    Atomic (daemon_health.atomic_write: a new file renamed over the old one, which also
+    Atomic (atomicfile.atomic_write: a new file renamed over the old one, which also
     replaces a symlink there instead of following it).
     """
     if path.exists() or path.is_symlink():
@@ -97,7 +97,7 @@ def put(path: Path, text: str, *, mode: int = 0o644, dry_run: bool = False) -> C
         return Change(f"would be {action}", path, note)
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(path, text.encode("utf-8"), mode)
+        atomic_write(path, text.encode("utf-8"), mode, durable=True)
     except OSError as exc:
         raise DevloopError(f"cannot write {path}: {exc.strerror}", EX_CANTCREAT) from None
     return Change(action, path, note)

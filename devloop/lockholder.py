@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devloop import procfs, statedir
+from devloop.core import daemon_health
 from devloop.errors import EX_TEMPFAIL, DevloopError
 
 PROC_LOCKS = Path("/proc/locks")
@@ -57,15 +58,6 @@ def lock_identity(state_dir: Path) -> tuple[int, int] | None:
         return statedir.identity(os.fstat(fd))
     finally:
         os.close(fd)
-
-
-def is_watch_command(argv: list[str]) -> bool:
-    """`[python] .../devloop watch ...` or `python -m devloop watch ...`: the word right
-    before the subcommand is devloop itself (`watch -n1 devloop status` is no daemon)."""
-    if "watch" not in argv:
-        return False
-    head = argv[:argv.index("watch")]
-    return bool(head) and os.path.basename(head[-1]) == "devloop"
 
 
 def _has_open(pid: int, lock: tuple[int, int]) -> bool | None:
@@ -136,7 +128,7 @@ def find(root: Path) -> Iterator[Holder | None]:
                 f"PID {pid} holds the lock of {root}, but its open files cannot be checked "
                 "from here (another user's, or a service's): refusing to signal it; use "
                 "systemctl or supervisorctl, or run stop as its user", EX_TEMPFAIL)
-        if not (is_watch_command(argv) and has_open):
+        if not (daemon_health.watch_dir(argv) is not None and has_open):
             raise DevloopError(
                 f"PID {pid} holds the lock of {root} but is not a devloop daemon with that "
                 "lock open (an inherited lock, or a reused PID): refusing to signal it; "

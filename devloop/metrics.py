@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 
 from devloop import __version__
 from devloop.core import daemon_health
+from devloop.core.atomicfile import atomic_write
+from devloop.logonce import Trouble
 
 log = logging.getLogger("devloop")
 
@@ -146,7 +148,7 @@ def exposition(projects: Sequence[Path]) -> str:
     return generate_latest(registry_for(ProjectsCollector(projects))).decode("utf-8")
 
 
-_last_error: list[str] = []  # the textfile error last logged: once, not every heartbeat
+_trouble = Trouble(log, "metrics written again")  # once, not every heartbeat
 
 
 def write_textfile(path: Path, project: str, record: dict[str, Any] | None) -> None:
@@ -159,13 +161,8 @@ def write_textfile(path: Path, project: str, record: dict[str, Any] | None) -> N
     """
     try:
         text = generate_latest(registry_for(RecordCollector(project, record)))
-        daemon_health.atomic_write(path, text, 0o644)  # node_exporter runs as another user
+        atomic_write(path, text, 0o644)  # node_exporter runs as another user
     except OSError as exc:
-        message = f"cannot write metrics to {path}: {exc.strerror or exc}"
-        if _last_error != [message]:
-            log.error("%s", message)
-        _last_error[:] = [message]
+        _trouble.report(f"cannot write metrics to {path}: {exc.strerror or exc}")
     else:
-        if _last_error:
-            log.info("metrics written to %s again", path)
-        _last_error.clear()
+        _trouble.clear(f"metrics written to {path} again")

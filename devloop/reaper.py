@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 
 from devloop import procfs, statedir
+from devloop.core.atomicfile import atomic_write
 from devloop.errors import DevloopError
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,10 @@ class GroupLedger:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{PIDS_NAME}.tmp")
+        text = f"boot {procfs.boot_id()}\n" + "".join(
+            f"{g} {s}\n" for g, s in self.groups.items())
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(f"boot {procfs.boot_id()}\n")
-                f.writelines(f"{g} {s}\n" for g, s in self.groups.items())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, text.encode("ascii"))
         except OSError as exc:
             log.debug("cannot record check process groups: %s", exc)
 

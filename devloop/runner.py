@@ -26,6 +26,7 @@ from pathlib import Path
 from devloop import tools
 from devloop.config import FILES_PLACEHOLDER, Check
 from devloop.findings import Finding
+from devloop.logonce import Trouble
 from devloop.reaper import LIVE_LEADERS, GroupLedger
 from devloop.store import Outcome, Run
 from devloop.tools import env as tool_env
@@ -142,11 +143,11 @@ class CheckRun:
         try:
             cache = tool_env.cache_dir(self.root, self.environ)
         except OSError as exc:  # read-only .devloop/, a planted symlink: the check still runs
-            _cache_problem(f"cannot use the tool cache directory ({exc}): this run uses a "
+            _cache_trouble.report(f"cannot use the tool cache directory ({exc}): this run uses a "
                            "temporary one")
             cache = temporary = Path(tempfile.mkdtemp(prefix="devloop-cache-"))
         else:
-            _cache_problem(None)
+            _cache_trouble.clear()
         try:
             return await self._run_in(adapter, cache, started, t0)
         finally:
@@ -336,18 +337,7 @@ class CheckRun:
         )
 
 
-_logged_cache_problem: list[str] = []  # the one logged, until the cache works again
-
-
-def _cache_problem(problem: str | None) -> None:
-    """Log a tool cache problem once, and when it is gone."""
-    if problem is None:
-        if _logged_cache_problem:
-            log.info("the tool cache directory works again")
-            _logged_cache_problem.clear()
-    elif problem not in _logged_cache_problem:
-        log.warning("%s", problem)
-        _logged_cache_problem[:] = [problem]
+_cache_trouble = Trouble(log, "the tool cache directory works again", logging.WARNING)
 
 
 def _stored_text(done: tools.Finished) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from devloop import statedir
+from devloop.errors import EX_CANTCREAT, DevloopError
 from devloop.findings import Finding
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,15 @@ class Store:
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
             _private_file(path)
             return cls._open_rw(path, busy_timeout)
+
+    @classmethod
+    def open_writer(cls, state_dir: Path, *, busy_timeout: float = 5.0) -> Store:
+        """Store.open for the daemon and `devloop run`: a failure is one line, exit 73."""
+        try:
+            return cls.open(state_dir, busy_timeout=busy_timeout)
+        except (sqlite3.Error, OSError) as exc:
+            raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
+                               EX_CANTCREAT) from None
 
     @classmethod
     def _open_rw(cls, path: Path, busy_timeout: float) -> Store:

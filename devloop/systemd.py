@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping
 
 import sdnotify
+
+from devloop.logonce import Trouble
+from devloop.printable import escape_controls
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class Notifier:
         env = os.environ if environ is None else environ
         self.socket_path = env.get("NOTIFY_SOCKET") or None
         self._notifier: sdnotify.SystemdNotifier | None = None
-        self._failed = False
+        self._trouble = Trouble(log, f"sd_notify to {self.socket_path} works again")
         if self.socket_path:
             try:
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
@@ -56,13 +58,9 @@ class Notifier:
         try:
             self._notifier.notify("\n".join(fields))
         except OSError as exc:
-            if not self._failed:  # once, not once per watchdog ping
-                log.error("sd_notify to %s failed: %s", self.socket_path, exc)
-            self._failed = True
+            self._trouble.report(f"sd_notify to {self.socket_path} failed: {exc}")
         else:
-            if self._failed:
-                log.info("sd_notify to %s works again", self.socket_path)
-            self._failed = False
+            self._trouble.clear()  # once, not once per watchdog ping
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={_safe(status)}")
@@ -84,16 +82,6 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
 
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
-def escape_controls(text: str) -> str:
-    """Control characters, line separators and undecodable bytes (surrogates) as escapes.
-
-    File names, check output and config values reach log lines: a directory named
-    "x\nssh-ed25519 AAAA..." must stay on its line, not become a line of its own.
-    """
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class OneLineFilter(logging.Filter):

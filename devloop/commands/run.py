@@ -15,7 +15,7 @@ from devloop import config, staged, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
 from devloop.commands.status import FAILING, render
 from devloop.daemon import use_pidfd_child_watcher
-from devloop.errors import EX_CANTCREAT, EX_FAIL, EX_OK, DevloopError
+from devloop.errors import EX_FAIL, EX_OK
 from devloop.findings import Finding
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -142,11 +142,7 @@ def _fresh_results(root: Path, state_dir: Path, cfg: config.Config,
 async def _run_once(root: Path, state_dir: Path, cfg: config.Config,
                     files: list[str] | None, environ: dict[str, str] | None = None,
                     ) -> list[CheckState]:
-    try:
-        store = Store.open(state_dir)
-    except (sqlite3.Error, OSError) as exc:
-        raise DevloopError(f"cannot open the results database in {state_dir}: {exc}",
-                           EX_CANTCREAT) from None
+    store = Store.open_writer(state_dir)
     results: list[CheckState] = []
 
     def on_result(run: Run, findings: list[Finding]) -> None:

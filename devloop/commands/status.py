@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from devloop import results
 from devloop.commands import Subparsers, project_root
 from devloop.core.daemon_health import STATE_DIR
 from devloop.errors import EX_FAIL, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE, DevloopError
+from devloop.printable import escape_controls
 from devloop.store import FAILING as FAILING  # `devloop run` shares it
 from devloop.store import CheckState
 
@@ -24,7 +24,6 @@ DEFAULT_LIMIT = 10
 DEFAULT_WAIT_S = 600.0
 COUNT_ORDER = ("failed", "errors", "passed", "skipped")
 # what a project's file names and check output may hold that a terminal would obey
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -127,8 +126,8 @@ def summary_line(snap: dict[str, Any]) -> str:
 
 
 def printable(text: str) -> str:
-    """Control characters (escape sequences) shown as escapes, never sent to the terminal."""
-    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """What came from the project or its tools, never sent raw to the terminal."""
+    return escape_controls(text, keep_tabs=True)
 
 
 def render_snapshot(snap: dict[str, Any], limit: int | None = DEFAULT_LIMIT) -> str:

@@ -12,13 +12,13 @@ import errno
 import json
 import os
 import stat
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devloop import safeio
+from devloop import procfs, safeio
+from devloop.core.atomicfile import atomic_write
 
 STATE_DIR = ".devloop"
 HEARTBEAT_NAME = "daemon.heartbeat"
@@ -41,23 +41,6 @@ def _padded(data: dict[str, Any]) -> bytes:
     raw = json.dumps(data).encode()
     size = (len(raw) // 4096 + 1) * 4096
     return raw + b" " * (size - len(raw) - 1) + b"\n"
-
-
-def atomic_write(target: Path, raw: bytes, mode: int = 0o600) -> None:
-    """Write a new file (O_EXCL, `mode`) in the target's directory, then rename it over
-    the target: a reader sees the old file or the new one, never a part; a planted
-    symlink at `target` is replaced, never followed. No temporary file is left behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode != 0o600:
-                os.fchmod(f.fileno(), mode)
-            f.write(raw)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_heartbeat(state_dir: Path, data: dict[str, Any], *, target: Path | None = None,
@@ -295,15 +278,12 @@ def is_daemon_of(pid: int, projects: set[str]) -> bool | None:
     detached daemon's cwd is / and another user's cannot be read: then the command line
     alone decides.
     """
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:  # gone, or hidden from us (mount option hidepid)
+    argv = procfs.cmdline(pid)
+    if argv is None:  # gone, or hidden from us (mount option hidepid)
         return False if not _alive(pid) else None
-    except OSError:
-        return None
-    if not raw:
+    if not argv:
         return None  # a zombie, or a kernel thread: nothing to compare
-    directory = watch_dir([a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]])
+    directory = watch_dir(argv)
     if directory is None:
         return False
     if not os.path.isabs(directory):
@@ -325,11 +305,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return True  # hidden (hidepid): kill() said it exists
-    return stat_line.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
+    found = procfs.stat(pid)
+    return found is None or found.state != "Z"  # None: hidden (hidepid), kill() said it exists
 
 
 # -- the verdict -------------------------------------------------------------------------

@@ -10,7 +10,9 @@ pytest suite and its own `.venv` (pytest from pip). Then:
    the two; the time from the write to the result in the database.
 2. CPU share: one CPU-bound `python3 -c "while True: pass"` per core, started with
    `systemd-run` at normal priority and default weight (once as services in
-   system.slice, the unit's siblings; once in user.slice, where a login session is).
+   system.slice; once in user.slice, where a login session is), the shipped unit in the
+   shipped devloop.slice; then once more in user.slice with the unit moved back into
+   system.slice by a drop-in, for comparison.
    Their CPU time (CPUUsageNSec) over a window with the checks running back to back is
    compared with an equal window with devloop idle: the share they keep.
 Prints the figures and writes bench/RESULTS-unit.md.
@@ -51,7 +53,8 @@ debounce_ms = 0
 RESOURCE_LINES = [ln for ln in (REPO / "units/devloop@.service").read_text().splitlines()
                   if ln.startswith(("CPUWeight=", "IOWeight=", "Nice=", "MemoryMax=",
                                     "CPUQuota="))]
-SLICE = "[Slice]\nCPUWeight=20\nIOWeight=20\n"
+SLICE_LINES = [ln for ln in (REPO / "units/devloop.slice").read_text().splitlines()
+               if ln.startswith(("CPUWeight=", "IOWeight="))]
 TEST = """\
 import pytest
 
@@ -152,6 +155,9 @@ def main() -> int:
         inside_dir = ns / system.project_dir("pt").lstrip("/")
         out_dir = ns / system.project_dir("pt-outside").lstrip("/")
         sd.systemctl("start", system.unit("pt"))
+        got = sd.show(system.unit("pt"), "Slice")["Slice"]
+        if got != "devloop.slice":
+            raise SystemExit(f"{system.unit('pt')} runs in {got}, not devloop.slice")
         assert sd.pid is not None
         outside = subprocess.Popen(
             ["nsenter", "-t", str(sd.pid), "-m", "-p", "-u", "--", "setpriv",
@@ -185,7 +191,8 @@ def main() -> int:
             f"`python3 bench/unit_resources.py --edits {args.edits} --window {args.window:g}`, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
             f"load average {load:.1f} (other work shared the machine: not idle). Unit: "
-            f"{', '.join(f'`{ln}`' for ln in RESOURCE_LINES)}; cgroup v1 cpu controller on.",
+            f"{', '.join(f'`{ln}`' for ln in RESOURCE_LINES)} in `devloop.slice` "
+            f"({', '.join(f'`{ln}`' for ln in SLICE_LINES)}); cgroup v1 cpu controller on.",
             "",
             "| save -> fresh pytest result | median (s) | samples (s) |",
             "|---|---:|---|",
@@ -206,12 +213,11 @@ def main() -> int:
                   "hogs CPU/s, checks running | devloop CPU/s meanwhile | hogs' part "
                   "while both ran | hogs busy/idle |", "|---|---:|---:|---:|---:|---:|"]
         ncpu = os.cpu_count() or 1
-        for slice_, own_slice in (("system.slice", False), ("user.slice", False),
-                                  ("user.slice", True)):
-            if own_slice:  # docs/systemd.md: the unit in a slice of its own, beside user.slice
-                sd.write_file("/etc/systemd/system/devloop.slice", SLICE)
+        for slice_, own_slice in (("system.slice", True), ("user.slice", True),
+                                  ("user.slice", False)):
+            if not own_slice:  # for comparison: the unit among system.slice's services
                 sd.write_file(f"/etc/systemd/system/{system.unit('pt')}.d/slice.conf",
-                              "[Service]\nSlice=devloop.slice\n")
+                              "[Service]\nSlice=system.slice\n")
                 sd.systemctl("daemon-reload")
                 sd.systemctl("restart", system.unit("pt"))
                 time.sleep(3)
@@ -240,10 +246,12 @@ def main() -> int:
             busy_runner.wait(300)
             for u in units:
                 sd.systemctl("stop", u, check=False)
-            where = " (unit in devloop.slice)" if own_slice else ""
+            where = " (unit in system.slice: drop-in)" if not own_slice else ""
             lines.append(f"| {len(units)} x `systemd-run --slice={slice_}`{where} | {idle:.2f} | "
                          f"{busy:.2f} | {dl:.2f} | {busy / (busy + dl):.0%} | {busy / idle:.0%} |")
-        lines += ["", "Hogs' part: of the CPU the hogs and the unit used together while the "
+        lines += ["", f"Load average after the CPU-share runs: {os.getloadavg()[0]:.1f} "
+                  "(the hogs themselves add about one per CPU).",
+                  "", "Hogs' part: of the CPU the hogs and the unit used together while the "
                   "unit's checks ran back to back, the hogs' (target: at least 75%). Hogs "
                   "busy/idle: their CPU time then over an equal window with devloop idle, "
                   "which other work on the machine makes noisy.", ""]

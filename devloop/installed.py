@@ -78,8 +78,8 @@ def left_alone(path: Path) -> Change:
 def put(path: Path, text: str, *, mode: int = 0o644, dry_run: bool = False) -> Change:
     """Create or refresh `path` with `text`, unless it exists without our mark.
 
-    Atomic (a temp file in the same directory, fsynced, then renamed over the old one,
-    which also replaces a symlink there instead of following it).
+    Atomic (atomicfile.atomic_write: a new file renamed over the old one, which also
+    replaces a symlink there instead of following it).
     """
     if path.exists() or path.is_symlink():
         old = mark_version(path)

@@ -1,4 +1,4 @@
-"""Where the shipped unit templates and supervisor program are, installed or in a checkout.
+"""Where the shipped unit templates, slice and supervisor program are, installed or in a checkout.
 
 They live at the top of the repository (units/, packaging/) and a wheel installs them
 under <prefix>/share/devloop/ (pyproject's data-files), so no copy is ever kept in sync
@@ -16,6 +16,7 @@ from devloop.errors import EX_SOFTWARE, DevloopError
 
 SYSTEM_UNIT = "units/devloop@.service"
 USER_UNIT = "units/user/devloop@.service"
+SLICE_UNIT = "units/devloop.slice"  # system instances only: see docs/systemd.md
 SUPERVISOR_PROGRAM = "packaging/supervisor/devloop.conf"
 
 

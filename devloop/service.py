@@ -1,7 +1,8 @@
 """What `devloop service install` writes for one project: systemd or supervisord files.
 
 A systemd instance is the shipped template plus a per-instance drop-in (user, project
-directory, this devloop's absolute path), as docs/systemd.md describes; a supervisord
+directory, this devloop's absolute path), as docs/systemd.md describes, and for system
+instances the shipped devloop.slice they run in; a supervisord
 instance is the shipped program section with the same three filled in. Everything is
 computed here and written by devloop.installed, so install, uninstall, --print and
 update-hooks agree on every byte.
@@ -86,6 +87,12 @@ class Instance:
         return self.unit_dir / "devloop@.service"
 
     @property
+    def slice_path(self) -> Path | None:
+        """devloop.slice beside the system template; None for a user unit (it runs in
+        the user manager's own background.slice, which systemd ships)."""
+        return self.unit_dir / "devloop.slice" if self.kind == SYSTEM else None
+
+    @property
     def dropin_path(self) -> Path:
         return self.unit_dir / f"{self.unit}.d" / DROPIN
 
@@ -124,6 +131,11 @@ def make(kind: str, name: str, project: Path, user: str, command: list[str] | No
 def template_text(kind: str) -> str:
     shipped = resources.read(resources.USER_UNIT if kind == USER else resources.SYSTEM_UNIT)
     return installed.header() + shipped
+
+
+def slice_text() -> str:
+    """The shipped slice as it is: it holds no value a project controls."""
+    return installed.header() + resources.read(resources.SLICE_UNIT)
 
 
 def _extra_writable(inst: Instance) -> list[str]:
@@ -186,11 +198,14 @@ def supervisor_text(inst: Instance) -> str:
 
 
 def files(inst: Instance) -> list[tuple[Path, str]]:
-    """(path, text) of every file the instance needs, in the order they are written."""
+    """(path, text) of every file the instance needs, in the order they are written: the
+    shared ones first (the template and the slice), the instance's own file last."""
     if inst.kind == SUPERVISOR:
         return [(inst.supervisor_path, supervisor_text(inst))]
-    return [(inst.template_path, template_text(inst.kind)),
-            (inst.dropin_path, dropin_text(inst))]
+    shared = [(inst.template_path, template_text(inst.kind))]
+    if inst.slice_path is not None:
+        shared.append((inst.slice_path, slice_text()))
+    return [*shared, (inst.dropin_path, dropin_text(inst))]
 
 
 def _systemctl(inst: Instance) -> list[str]:

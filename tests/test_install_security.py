@@ -227,7 +227,7 @@ def test_the_template_stays_while_any_instance_uses_it(tmp_path: Path) -> None:
     mine.write_text(mine.read_text().split("\n", 1)[1])
     r = devloop("service", "uninstall", "probe", "--root", str(root))
     assert r.returncode == 0, r.stderr
-    assert (unit_dir / "devloop@.service").exists()
+    assert (unit_dir / "devloop@.service").exists() and (unit_dir / "devloop.slice").exists()
     assert "kept" in r.stdout and "devloop@proj.service.d" in r.stdout
     # an enabled instance without any drop-in also keeps it
     mine.unlink()
@@ -237,9 +237,11 @@ def test_the_template_stays_while_any_instance_uses_it(tmp_path: Path) -> None:
     (wants / "devloop@other.service").symlink_to(unit_dir / "devloop@.service")
     r = devloop("service", "uninstall", "proj", "--root", str(root))
     assert r.returncode == 0 and (unit_dir / "devloop@.service").exists(), r.stdout
+    assert (unit_dir / "devloop.slice").exists()  # the slice goes only with the template
     (wants / "devloop@other.service").unlink()
     r = devloop("service", "uninstall", "proj", "--root", str(root))
     assert r.returncode == 0 and not (unit_dir / "devloop@.service").exists(), r.stdout
+    assert not (unit_dir / "devloop.slice").exists()
 
 
 def test_update_hooks_names_what_it_leaves_and_refreshes_the_template(tmp_path: Path) -> None:
@@ -251,9 +253,12 @@ def test_update_hooks_names_what_it_leaves_and_refreshes_the_template(tmp_path: 
                                                      "installed by devloop 0.0.1 ", 1))
     dropin = _dropin(root)
     dropin.write_text(dropin.read_text().split("\n", 1)[1])  # the user's own now
+    slice_ = template.with_name("devloop.slice")  # an install from before the slice
+    slice_.unlink()
     r = devloop("update-hooks", str(project), "--root", str(root))
     assert r.returncode == 0, r.stderr
     assert f"updated    {template}" in r.stdout
+    assert f"created    {slice_}" in r.stdout and "CPUWeight=20" in slice_.read_text()
     assert f"left alone {dropin}" in r.stdout
     assert "daemon-reload" in r.stdout
 

@@ -320,7 +320,9 @@ def test_disk_full_keeps_watching_and_says_why(project: Path, tmp_path: Path,
     log = tmp_path / "runs.jsonl"
     config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
     with tiny_tmpfs(project / ".devloop", "1m"):
-        d = start_daemon(project)
+        # the checks' tool caches (bytecode of every module they import) would share the
+        # tiny .devloop/ with the database: they go elsewhere, as under the unit
+        d = start_daemon(project, env={"CACHE_DIRECTORY": str(tmp_path / "cache")})
         (project / "before.txt").write_text("x")
         wait_for(lambda: status_json(project), what="a stored run")
         filler = fill(project / ".devloop")

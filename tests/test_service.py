@@ -33,6 +33,10 @@ def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
     shipped = (REPO / "units" / "devloop@.service").read_text()
     assert template.read_text().split("\n", 1)[1] == shipped
     assert template.read_text().startswith("# installed by devloop ")
+    slice_ = unit_dir / "devloop.slice"  # the template runs its instances there
+    assert "\nSlice=devloop.slice\n" in shipped
+    assert slice_.read_text().split("\n", 1)[1] == (REPO / "units" / "devloop.slice").read_text()
+    assert slice_.read_text().startswith("# installed by devloop ")
     text = dropin.read_text()
     assert f'Environment="DEVLOOP_PROJECT_DIR={project}"\n' in text
     assert f'ReadWritePaths="-{project}/.devloop"\n' in text
@@ -40,7 +44,7 @@ def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
     assert "systemctl enable --now devloop@proj.service" in r.stdout
     again = devloop("service", "install", "proj", "--dir", str(project), "--root", str(root),
                     *AS_ROOT)
-    assert again.stdout.count("unchanged") == 2
+    assert again.stdout.count("unchanged") == 3
 
     # uninstall: refuses while enabled, then removes exactly what it wrote
     wants = unit_dir / "multi-user.target.wants"
@@ -51,8 +55,33 @@ def test_install_writes_template_and_dropin(tmp_path: Path) -> None:
     (wants / "devloop@proj.service").unlink()
     gone = devloop("service", "uninstall", "proj", "--root", str(root))
     assert gone.returncode == 0, gone.stderr
-    assert not template.exists() and not dropin.parent.exists()
+    assert not template.exists() and not dropin.parent.exists() and not slice_.exists()
+    assert f"removed    {slice_}" in gone.stdout
     assert sorted(p.name for p in unit_dir.iterdir()) == ["multi-user.target.wants"]
+
+
+def test_a_user_unit_gets_no_slice_file(tmp_path: Path) -> None:
+    """A user manager's units run in its own background.slice, which systemd ships."""
+    project = make_project(tmp_path / "proj", "")
+    r = devloop("service", "install", "proj", "--dir", str(project), "--root",
+                str(tmp_path / "root"), "--user-unit", "--print", *AS_ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "devloop.slice" not in r.stdout and "\nSlice=background.slice\n" in r.stdout
+
+
+def test_a_foreign_slice_is_left_alone_and_does_not_block(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", "")
+    unit_dir = tmp_path / "root" / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True)
+    own = "[Slice]\nCPUWeight=5\n"
+    (unit_dir / "devloop.slice").write_text(own)
+    args = ["--root", str(tmp_path / "root")]
+    r = devloop("service", "install", "proj", "--dir", str(project), *args, *AS_ROOT)
+    assert r.returncode == 0 and f"left alone {unit_dir / 'devloop.slice'}" in r.stdout, r
+    assert (unit_dir / "devloop@proj.service.d" / "instance.conf").exists()
+    r = devloop("service", "uninstall", "proj", *args)
+    assert r.returncode == 0 and not (unit_dir / "devloop@.service").exists(), r.stdout
+    assert (unit_dir / "devloop.slice").read_text() == own
 
 
 def test_print_writes_nothing_and_foreign_files_stay(tmp_path: Path) -> None:
@@ -121,8 +150,13 @@ def test_installed_files_run_under_real_systemd(nested: h.NestedSystemd) -> None
     dropin = sd.run(["cat", f"{h.UNIT_DIR_NS}/devloop@svc.service.d/instance.conf"]).stdout
     assert f"User={h.USER}\n" in dropin  # the owner of --dir
     assert f'ExecStart="{exe}" watch --foreground' in dropin
-    shown = sd.show("devloop@svc.service", "ActiveState", "User", "MainPID", "DropInPaths")
+    shown = sd.show("devloop@svc.service", "ActiveState", "User", "MainPID", "DropInPaths",
+                    "Slice")
     assert shown["ActiveState"] == "active" and shown["User"] == h.USER
+    assert shown["Slice"] == "devloop.slice"
+    weights = sd.show("devloop.slice", "CPUWeight", "IOWeight", "FragmentPath")
+    assert weights == {"CPUWeight": "20", "IOWeight": "20",
+                       "FragmentPath": f"{h.UNIT_DIR_NS}/devloop.slice"}, weights
     h.wait_for(lambda: sd.as_user(h.USER, [exe, "daemon-status", project], check=False)
                .returncode == 0, what="HEALTHY")
     health = json.loads(sd.as_user(h.USER, [exe, "daemon-status", project, "--json"]).stdout)

@@ -287,8 +287,9 @@ def hypothesis_project(root: Path) -> None:
 
 
 def writing_bytecode() -> dict[str, str]:
-    """Our environment as a person's shell has it: Python writes bytecode."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    """Our environment as a person's shell has it: Python writes bytecode, and no `CI`
+    (under CI=true hypothesis takes its "ci" profile, which keeps no example database)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "CI")}
 
 
 def test_default_checks_leave_no_tool_state_in_the_project(proj: Path) -> None:

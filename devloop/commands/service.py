@@ -99,9 +99,8 @@ def install(args: argparse.Namespace) -> int:
     files = service.files(inst)  # every value checked before anything is written
     blocked = False
     for i, change in enumerate(installed.put_all(inst.writer, files, dry_run=args.dry_run)):
-        print(change)
-        blocked |= change.action == installed.FOREIGN and (i > 0 or inst.kind ==
-                                                           service.SUPERVISOR)
+        print(change)  # an admin's own template or slice may stay; the instance's own file
+        blocked |= change.action == installed.FOREIGN and i == len(files) - 1
         if args.dry_run:
             print(f"---- {change.path}\n{files[i][1]}----")
     if blocked:
@@ -119,17 +118,24 @@ def install(args: argparse.Namespace) -> int:
 def _remove(inst: service.Instance, loaded: list[str], *,
             dry_run: bool) -> list[installed.Change]:
     """Remove the instance's files (as their owner: see installed.run_as); the template
-    only when nothing else uses it."""
+    only when nothing else uses it, and the slice only with the template."""
     def remove() -> list[list[str]]:
         if inst.kind == service.SUPERVISOR:
             return [installed.remove(inst.supervisor_path, dry_run=dry_run).as_list()]
         out = [installed.remove(inst.dropin_path, dry_run=dry_run).as_list()]
         users = service.template_users(inst) + loaded
         if users:
-            out.append(installed.Change("kept", inst.template_path,
-                                        f"still used: {', '.join(users)}").as_list())
+            kept = installed.Change("kept", inst.template_path, f"still used: {', '.join(users)}")
         else:
-            out.append(installed.remove(inst.template_path, dry_run=dry_run).as_list())
+            kept = installed.remove(inst.template_path, dry_run=dry_run)
+        out.append(kept.as_list())
+        if inst.slice_path is None:
+            return out
+        if kept.action in ("removed", "would be removed", "absent"):
+            out.append(installed.remove(inst.slice_path, dry_run=dry_run).as_list())
+        elif inst.slice_path.exists():
+            out.append(installed.Change("kept", inst.slice_path,
+                                        f"{inst.template_path.name} stays").as_list())
         return out
     return [installed.Change.from_list(c) for c in installed.run_as(inst.writer, remove)]
 

@@ -43,7 +43,8 @@ def _scan(root: Path, command: list[str]) -> tuple[list[service.Instance | Devlo
                                                    list[tuple[Path, str]],
                                                    list[installed.Change]]:
     """The instances devloop installed, rebuilt from the files it wrote for them; the
-    templates it wrote; and every instance file it leaves alone."""
+    templates it wrote (with the system template's slice); and every instance file it
+    leaves alone."""
     found: list[service.Instance | DevloopError] = []
     templates: list[tuple[Path, str]] = []
     alone: list[installed.Change] = []
@@ -54,6 +55,8 @@ def _scan(root: Path, command: list[str]) -> tuple[list[service.Instance | Devlo
         template = unit_dir / "devloop@.service"
         if installed.mark_version(template) is not None:
             templates.append((template, service.template_text(kind)))
+            if kind == service.SYSTEM:  # the template runs its instances in the slice
+                templates.append((unit_dir / "devloop.slice", service.slice_text()))
         for dropin in sorted(unit_dir.glob(f"devloop@?*.service.d/{service.DROPIN}")):
             if installed.mark_version(dropin) is None:
                 alone.append(installed.left_alone(dropin))
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     for change in changes + alone:
         print(change)
     units = [c for c in changes if c.action in ("updated", "created")
-             and c.path.suffix in (".service", ".conf") and "systemd" in c.path.parts]
+             and c.path.suffix in (".service", ".slice", ".conf") and "systemd" in c.path.parts]
     if units:
         print("then run: systemctl daemon-reload (systemctl --user daemon-reload for user "
               "units), and restart the instances to use the new files")

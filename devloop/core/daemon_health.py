@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devloop import procfs
+from devloop import procfs, safeio
 from devloop.core.atomicfile import atomic_write
 
 STATE_DIR = ".devloop"
@@ -117,17 +117,17 @@ def _result(status: str, reason: str, message: str, **known: Any) -> dict[str, A
 def _read(path: Path) -> tuple[bytes | None, str | None]:
     """(content, None) or (None, why not); the error texts are the health messages."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = safeio.open_regular(path)
     except FileNotFoundError:
         return None, MISSING
+    except safeio.NotRegularFile:
+        return None, f"{path} is not a regular file"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return None, f"{path} is a symlink: refusing to follow it"
         return None, f"cannot open {path}: {exc.strerror}"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, f"{path} is not a regular file"
         if st.st_size > MAX_HEARTBEAT_BYTES:
             return None, f"{path} is too large ({st.st_size} bytes)"
         return os.read(fd, MAX_HEARTBEAT_BYTES + 1), None

@@ -391,7 +391,7 @@ class DevloopSystem:
 
     def install_units(self) -> None:
         """Copy the repo's units exactly as they are into /etc/systemd/system."""
-        for unit in ("devloop@.service",):
+        for unit in ("devloop@.service", "devloop.slice"):
             self.sd.write_file(f"{UNIT_DIR_NS}/{unit}",
                                (self.root / "units" / unit).read_text())
         self.sd.systemctl("daemon-reload")

@@ -59,6 +59,9 @@ def test_template_verifies_unmodified_inside_namespace(devloop_system: DevloopSy
     r = sd.run(["systemd-analyze", "verify", "--man=no", "/run/verify/devloop@x.service"],
                check=False)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+    r = sd.run(["systemd-analyze", "verify", "--man=no", f"{UNIT_DIR_NS}/devloop.slice"],
+               check=False)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
 
 
 def test_template_sandbox(devloop_system: DevloopSystem) -> None:

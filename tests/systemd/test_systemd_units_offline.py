@@ -23,6 +23,7 @@ from systemd_harness import repo_root
 ROOT = repo_root(pathlib.Path(__file__))
 SYSTEM_UNIT = ROOT / "units" / "devloop@.service"
 USER_UNIT = ROOT / "units" / "user" / "devloop@.service"
+SLICE_UNIT = ROOT / "units" / "devloop.slice"
 SYSTEM_EXEC = "/opt/devloop/bin/devloop"
 MAX_EXPOSURE = 2.0
 
@@ -56,6 +57,23 @@ def _analyze(*args: str, env: dict[str, str] | None = None
 def test_system_template_verifies_clean(tmp_path: pathlib.Path) -> None:
     r = _analyze("verify", "--man=no", str(_system_copy(tmp_path)))
     assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+
+
+def test_system_template_and_its_slice_verify_clean(tmp_path: pathlib.Path) -> None:
+    """The template names devloop.slice; the slice, verified beside it, is the one loaded."""
+    unit = _system_copy(tmp_path)
+    shutil.copy(SLICE_UNIT, tmp_path / "devloop.slice")
+    r = _analyze("verify", "--man=no", str(tmp_path / "devloop.slice"), str(unit))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    assert "\nSlice=devloop.slice\n" in SYSTEM_UNIT.read_text()
+    text = SLICE_UNIT.read_text()
+    assert "[Slice]\nCPUWeight=20\nIOWeight=20\n" in text  # low beside user.slice's 100
+
+
+def test_slice_verify_would_catch_a_typo(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "devloop.slice"
+    bad.write_text(SLICE_UNIT.read_text().replace("CPUWeight=", "CPUWieght="))
+    assert "CPUWieght" in _analyze("verify", "--man=no", str(bad)).stderr
 
 
 def test_user_template_verifies_clean(tmp_path: pathlib.Path) -> None:
@@ -111,7 +129,8 @@ def test_system_template_key_settings(tmp_path: pathlib.Path) -> None:
     for line in ("Type=notify", "NotifyAccess=main", "Restart=always", "RestartSec=5s",
                  "StartLimitBurst=5", "StartLimitIntervalSec=600",
                  "RestartPreventExitStatus=64 65 66 73 75 78", "MemoryMax=512M",
-                 "CPUWeight=20", "IOWeight=20", "Nice=10", "ProtectSystem=strict",
+                 "CPUWeight=20", "IOWeight=20", "Nice=10", "Slice=devloop.slice",
+                 "ProtectSystem=strict",
                  "ProtectHome=read-only",
                  "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n"):
         assert line in text, line

@@ -98,3 +98,16 @@ def test_run_reuses_fresh_results_only_while_fresh(tmp_path: Path) -> None:
     r = devloop("run", str(tmp_path), "--reuse-fresh", "--files", "ok.py")
     assert r.returncode == 1 and "still fresh" not in r.stderr
     assert runs() == 2
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path: Path) -> None:
+    """`devloop status --json | head`: the reader leaves early; exit 141 as SIGPIPE would."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "devloop", "metrics", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err

@@ -31,7 +31,9 @@ def nagios(project: Path, *args: str) -> tuple[int, str]:
     return r.returncode, line
 
 
-def heartbeat(project: Path, *, age: float = 0, pid: int | None = None, **fields: object) -> None:
+def heartbeat(at: Path, *, age: float = 0, pid: int | None = None, **fields: object) -> None:
+    """A heartbeat in project `at`; `fields` override the record's (its "project" too)."""
+    project = at
     state = project / ".devloop"
     state.mkdir(exist_ok=True)
     record = {"timestamp": (datetime.now(UTC) - timedelta(seconds=age)).isoformat(),
@@ -168,6 +170,11 @@ def test_foreign_pid_in_fresh_heartbeat_is_critical(tmp_path: Path) -> None:
             code, line = nagios(project)
             assert code == 2 and "not the devloop daemon" in line, line
             assert nagios(other)[0] == 0  # and its own project's: fine
+            # a copy of the other project's heartbeat (a planted health_file): the record's
+            # claim to be of `other` is no second name to accept
+            heartbeat(project, pid=pid, project=str(other))
+            code, line = nagios(project)
+            assert code == 2 and "not the devloop daemon" in line, line
     finally:
         words.kill()
         words.wait()

@@ -367,8 +367,11 @@ def _check(project: Path, heartbeat: Path | None) -> dict[str, Any]:
     if not _alive(pid):
         return _result(UNHEALTHY, "dead",
                        f"daemon PID {pid} is not running (it crashed or was killed)", **known)
-    names = {str(project), str(data.get("project") or project)}
-    if is_daemon_of(pid, names) is False:
+    # the record's own `project` is the writer's claim, never a second name to accept: a
+    # heartbeat of another project (a copied or planted health_file) is foreign
+    claimed = data.get("project")
+    if (isinstance(claimed, str) and claimed and not _same_dir({claimed}, {str(project)})) \
+            or is_daemon_of(pid, {str(project)}) is False:
         return _result(UNHEALTHY, "foreign",
                        f"PID {pid} is not the devloop daemon of {project} (stale heartbeat)",
                        **known)

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ _LEADING_CODE = re.compile(r"^(?P<code>[A-Z]+[0-9]+)\s+")
 MAX_FINDINGS = 1000
 
 
-def _relative(root: Path, path: str) -> str | None:
+def relative(root: Path, path: str) -> str | None:
+    """`path` relative to the project, or None when it lies outside or does not exist."""
     path = path.strip()
     if not path or "\n" in path:
         return None
@@ -45,41 +47,42 @@ def _relative(root: Path, path: str) -> str | None:
     return rel
 
 
-def _from_ruff_json(root: Path, output: str) -> list[Finding] | None:
-    text = output.strip()
-    if not text.startswith("["):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
+def findings_from_json(root: Path, data: Any) -> list[Finding] | None:
+    """ruff's JSON list as findings (inside the project only), or None if it is not one."""
     if not isinstance(data, list):
         return None
     found: list[Finding] = []
     for item in data:
         if not isinstance(item, dict):
             return None
-        loc = item.get("location")
-        filename = item.get("filename")
+        loc, filename = item.get("location"), item.get("filename")
         if not isinstance(filename, str) or not isinstance(loc, dict):
             return None
-        rel = _relative(root, filename)
+        rel = relative(root, filename)
         row, col = loc.get("row"), loc.get("column")
         if rel is None or not isinstance(row, int):
             continue
-        code = item.get("code")
-        message = item.get("message")
-        found.append(
-            Finding(
-                file=rel,
-                line=row,
-                column=col if isinstance(col, int) else None,
-                severity="error",
-                code=code if isinstance(code, str) else None,
-                message=str(message) if message is not None else "",
-            )
-        )
+        code, message = item.get("code"), item.get("message")
+        found.append(Finding(
+            file=rel, line=row, column=col if isinstance(col, int) else None,
+            severity="error", code=code if isinstance(code, str) else None,
+            message="" if message is None else str(message),
+        ))
     return found
+
+
+def json_in_text(text: str) -> Any:
+    """The first JSON array in `text` that starts a line; text around it is ignored."""
+    decoder = json.JSONDecoder()
+    pos = 0
+    while (start := text.find("[", pos)) != -1:
+        if start == 0 or text[start - 1] == "\n":
+            try:
+                return decoder.raw_decode(text, start)[0]
+            except ValueError:
+                pass
+        pos = start + 1
+    return None
 
 
 def _from_lines(root: Path, output: str) -> list[Finding]:
@@ -89,7 +92,7 @@ def _from_lines(root: Path, output: str) -> list[Finding]:
         m = _LINE.match(raw.strip())
         if m is None:
             continue
-        rel = _relative(root, m["path"])
+        rel = relative(root, m["path"])
         if rel is None:
             continue
         rest = m["rest"].strip()
@@ -124,7 +127,8 @@ def _from_lines(root: Path, output: str) -> list[Finding]:
 
 def parse(root: Path, output: str) -> list[Finding]:
     """Best effort: a check's output that is neither format simply has no findings."""
-    found = _from_ruff_json(root, output)
+    data = json_in_text(output)
+    found = findings_from_json(root, data) if data is not None else None
     if found is None:
         found = _from_lines(root, output)
     return found[:MAX_FINDINGS]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from devloop.findings import MAX_FINDINGS, Finding
+from devloop.findings import MAX_FINDINGS, Finding, relative
 
 if TYPE_CHECKING:  # config imports NAMES from here: no import cycle at run time
     from devloop.config import Check
@@ -157,15 +157,6 @@ def first_lines(text: str, n: int = 3, width: int = 200) -> str:
     """The first `n` non-blank lines, each cut to `width`: a reason is short."""
     lines = [ln.rstrip()[:width] for ln in text.splitlines() if ln.strip()]
     return "\n".join(lines[:n])
-
-
-def relative(root: Path, path: str) -> str | None:
-    """`path` relative to the project, or None when it lies outside or does not exist."""
-    full = os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
-    rel = os.path.relpath(full, root)
-    if rel.startswith("..") or not os.path.lexists(full):
-        return None
-    return rel
 
 
 __all__ = ["NAMES", "Adapter", "Finished", "Invocation", "Report", "Stream", "adapter_for",

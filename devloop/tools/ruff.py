@@ -11,12 +11,10 @@ written and are read like any command. ruff's cache goes to RUFF_CACHE_DIR
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 from devloop import findings
 from devloop.findings import Finding
-from devloop.tools import Finished, Invocation, Report, generic, relative
+from devloop.tools import Finished, Invocation, Report, generic
 
 REPORT_NAME = "ruff.json"
 MAX_REPORT_BYTES = 256 * 1024 * 1024
@@ -45,44 +43,6 @@ def _without_output_options(args: list[str]) -> list[str]:
     return kept
 
 
-def findings_from_json(root: Path, data: Any) -> list[Finding] | None:
-    """ruff's JSON list as findings (inside the project only), or None if it is not one."""
-    if not isinstance(data, list):
-        return None
-    found: list[Finding] = []
-    for item in data:
-        if not isinstance(item, dict):
-            return None
-        loc, filename = item.get("location"), item.get("filename")
-        if not isinstance(filename, str) or not isinstance(loc, dict):
-            return None
-        rel = relative(root, filename)
-        row, col = loc.get("row"), loc.get("column")
-        if rel is None or not isinstance(row, int):
-            continue
-        code, message = item.get("code"), item.get("message")
-        found.append(Finding(
-            file=rel, line=row, column=col if isinstance(col, int) else None,
-            severity="error", code=code if isinstance(code, str) else None,
-            message="" if message is None else str(message),
-        ))
-    return found
-
-
-def json_in_text(text: str) -> Any:
-    """The first JSON array in `text` that starts a line; text around it is ignored."""
-    decoder = json.JSONDecoder()
-    pos = 0
-    while (start := text.find("[", pos)) != -1:
-        if start == 0 or text[start - 1] == "\n":
-            try:
-                return decoder.raw_decode(text, start)[0]
-            except ValueError:
-                pass
-        pos = start + 1
-    return None
-
-
 class Ruff(generic.Generic):
     name = "ruff"
     executables = ("ruff",)
@@ -102,8 +62,8 @@ class Ruff(generic.Generic):
         path = inv.report_dir / REPORT_NAME
         if not path.exists():
             # not `ruff check`, or the report went elsewhere: JSON on stdout, else text
-            data = json_in_text(done.stdout.text) if done.stdout.complete else None
-            found = findings_from_json(inv.root, data) if data is not None else None
+            data = findings.json_in_text(done.stdout.text) if done.stdout.complete else None
+            found = findings.findings_from_json(inv.root, data) if data is not None else None
             if found is None:
                 return super().parse(inv, done)
             return self._report(found, done)
@@ -111,7 +71,7 @@ class Ruff(generic.Generic):
             if path.stat().st_size > MAX_REPORT_BYTES:
                 return Report(reason=f"ruff's report is over {MAX_REPORT_BYTES >> 20} MiB: "
                               "not parsed", outcome="error")
-            found = findings_from_json(inv.root, json.loads(path.read_bytes()))
+            found = findings.findings_from_json(inv.root, json.loads(path.read_bytes()))
         except (OSError, ValueError) as exc:
             found, why = None, str(exc)
         else:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,11 @@ def acquire(state_dir: Path, root: Path) -> int:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             pid = holder_pid(state_dir)
+            for _ in range(50):  # the winner writes its PID just after it took the lock
+                if pid:
+                    break
+                time.sleep(0.01)
+                pid = holder_pid(state_dir)
             who = f"PID {pid}" if pid else "another process"
             raise DevloopError(
                 f"another devloop daemon ({who}) is already watching {root}", EX_TEMPFAIL

@@ -313,6 +313,16 @@ class Store:
                 f" ({','.join('?' * len(chunk))})", chunk))
         return found
 
+    def files_with_findings_under(self, marks: Iterable[str]) -> list[str]:
+        """The files with findings below each directory "dir/" ("/": the root)."""
+        found: set[str] = set()
+        for mark in marks:
+            prefix = "" if mark == "/" else mark
+            found.update(f for (f,) in self.conn.execute(
+                "SELECT DISTINCT file FROM findings WHERE substr(file, 1, ?) = ?",
+                (len(prefix), prefix)))
+        return sorted(found)
+
     def outcomes_gone_with(self, gone: Sequence[str], had_findings: set[str],
                            exists: Callable[[str], bool]) -> list[Run]:
         """After deleted files' findings were forgotten: the failing checks whose failure

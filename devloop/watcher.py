@@ -85,40 +85,55 @@ def _join(reldir: str, name: str) -> str:
     return f"{reldir}/{name}" if reldir else name
 
 
-def _list(path: str, reldir: str) -> tuple[list[str], list[os.DirEntry[str]]]:
-    """A directory's subdirectory names and its other entries (nothing when it is gone)."""
+def _list(path: str, reldir: str, since_ns: int | None = None
+          ) -> tuple[list[str], list[str], list[str]]:
+    """A directory's subdirectory names, its other names, and of those the ones whose
+    ctime is since_ns or later (nothing when the directory is gone).
+
+    Listed through a descriptor: an entry's stat is then an fstatat of its bare name,
+    not a lookup of its whole path again.
+    """
+    dirs: list[str] = []
+    others: list[str] = []
+    recent: list[str] = []
     try:
-        with os.scandir(path) as it:
-            entries = list(it)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
-        return [], []
-    dirs: list[str] = []
-    others: list[os.DirEntry[str]] = []
-    for entry in entries:  # the hot loop of start-up: a million entries and more
-        try:
-            if entry.is_dir(follow_symlinks=False):  # d_type: no system call
-                dirs.append(entry.name)
-                continue
-        except OSError:
-            continue  # gone since listed
-        others.append(entry)
-    return dirs, others
+        return dirs, others, recent
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for entry in entries:  # the hot loop of start-up: a million entries and more
+            try:
+                if entry.is_dir(follow_symlinks=False):  # d_type: no system call
+                    dirs.append(entry.name)
+                    continue
+                if since_ns is not None and (
+                        entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns):
+                    recent.append(entry.name)
+            except OSError:
+                continue  # gone since listed: its deletion has its event, or a mark
+            others.append(entry.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
+    finally:
+        os.close(fd)
+    return dirs, others, recent
 
 
 def scan_dir(root: str, reldir: str, rules: IgnoreRules) -> tuple[list[str], list[str]]:
     """One directory: its subdirectories and its files (relative paths), ignored ones left
     out; its own .gitignore (read only where there is one) applies to its entries."""
-    dirs, others = _list(f"{root}/{reldir}" if reldir else root, reldir)
+    dirs, others, _ = _list(f"{root}/{reldir}" if reldir else root, reldir)
     return _visible(rules, reldir, dirs, others), [
-        p for p in (_join(reldir, e.name) for e in others) if not rules.is_ignored(p, False)]
+        p for p in (_join(reldir, n) for n in others) if not rules.is_ignored(p, False)]
 
 
-def _visible(rules: IgnoreRules, reldir: str, dirs: list[str],
-             others: list[os.DirEntry[str]]) -> list[str]:
+def _visible(rules: IgnoreRules, reldir: str, dirs: list[str], others: list[str]) -> list[str]:
     """Load reldir's .gitignore, then: its subdirectories that are not ignored."""
-    rules.load_dir(reldir, present=any(e.name == ".gitignore" for e in others))
+    rules.load_dir(reldir, present=".gitignore" in others)
     paths = (_join(reldir, n) for n in dirs)
     return [p for p in paths if not rules.is_ignored(p, True)]
 
@@ -130,13 +145,6 @@ def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
         subdirs, files = scan_dir(str(root), stack.pop(), rules)
         stack.extend(subdirs)
         yield from files
-
-
-def _ctime_ns(entry: os.DirEntry[str]) -> int | None:
-    try:
-        return entry.stat(follow_symlinks=False).st_ctime_ns
-    except OSError:
-        return None  # gone since listed: its deletion has its event, or a mark
 
 
 class Watcher:
@@ -383,11 +391,13 @@ class Watcher:
                     needed += 1
             if visited is not None:
                 visited.add(reldir)
-            dirs, others = _list(self._abs(reldir), reldir)
+            new = fresh and not known
+            dirs, others, recent = _list(self._abs(reldir), reldir,
+                                         None if counting or new else since_ns)
             stack.extend(_visible(rules, reldir, dirs, others))
             if not counting and others:
-                self._changed_files(reldir, others, changes, new=fresh and not known,
-                                    since_ns=since_ns, old_rules=None if not known else old_rules)
+                self._changed_files(reldir, others if new else recent, others, changes,
+                                    old_rules=None if new else old_rules)
             if not counting and known and since_ns is not None:
                 with contextlib.suppress(OSError):  # entries added, renamed or removed
                     if os.stat(self._abs(reldir)).st_ctime_ns >= since_ns:
@@ -400,21 +410,15 @@ class Watcher:
             raise WatchLimitError(self.watch_count + needed)
         yield walked
 
-    def _changed_files(self, reldir: str, entries: list[os.DirEntry[str]], changes: set[str], *,
-                       new: bool, since_ns: int | None, old_rules: IgnoreRules | None) -> None:
-        """The changes among one directory's files (the rules are matched last: they cost
-        more than a stat, and most files pass no other test)."""
-        if new:
-            picked = entries
-        elif since_ns is not None:
-            picked = [e for e in entries if (_ctime_ns(e) or 0) >= since_ns]
-        else:
-            picked = []
+    def _changed_files(self, reldir: str, names: list[str], others: list[str],
+                       changes: set[str], *, old_rules: IgnoreRules | None) -> None:
+        """Of reldir's files `names`, and (old_rules given) those of `others` the old rules
+        hid, the ones the rules do not ignore are changes. The rules are matched last:
+        they cost more than a stat, and most files are no candidates."""
         if old_rules is not None and not old_rules.same_for(self.rules, reldir):
-            picked = picked + [e for e in entries
-                               if old_rules.is_ignored(_join(reldir, e.name), False)]
-        for entry in picked:
-            rel = _join(reldir, entry.name)
+            names = names + [n for n in others if old_rules.is_ignored(_join(reldir, n), False)]
+        for name in names:
+            rel = _join(reldir, name)
             if not self.rules.is_ignored(rel, False):
                 changes.add(rel)
 

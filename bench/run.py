@@ -943,6 +943,7 @@ def phase_reaction(r: Running, ctx: Ctx, tool: Tool, count: int | None = None) -
             reaction_p99_ms=round(percentile(lat, 99), 2),
             reaction_min_ms=round(min(lat), 2),
             reaction_max_ms=round(max(lat), 2),
+            reactions_ms=[round(x, 2) for x in lat],  # in edit order: where the tail lies
         )
     return out
 

@@ -150,9 +150,6 @@ class Daemon:
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
                      ", ".join(c.name for c in self.config.checks))
-            self.notifier.ready(self.status_text())
-            if self.on_ready is not None:
-                self.on_ready()
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
@@ -161,6 +158,10 @@ class Daemon:
             self._publish()
             if self._sync is not None:
                 loop.add_reader(self._sync, self._on_sync)
+            # last: from READY on, the loop has nothing left to do but wait for events
+            self.notifier.ready(self.status_text())
+            if self.on_ready is not None:
+                self.on_ready()
             await self._stop.wait()
         finally:
             await self._shutdown()

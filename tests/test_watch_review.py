@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -225,3 +226,23 @@ def test_a_directory_moved_in_during_the_initial_walk_has_its_files_checked(
     wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
     rel = target.relative_to(project)
     assert {f"{rel}/tree/a.txt", f"{rel}/tree/sub/b.txt"} <= ran_files(log)
+
+
+def test_an_exclude_edit_lost_in_an_overflow_reloads_the_rules(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """.git/info/exclude has a watch of its own, outside the walk: the rescan must look
+    at it too (a .gitignore or devloop.toml edit is found by its ctime)."""
+    log = tmp_path / "runs.jsonl"
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    exclude = project / ".git" / "info" / "exclude"
+    exclude.write_text("hidden.txt\n")
+    (project / "hidden.txt").write_text("x")
+    (project / "flood").mkdir()
+    d = start_daemon(project)
+    with overflowed(d, project / "flood"):
+        exclude.write_text("# nothing hidden now\n")
+    settled(project)
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    wait_for(lambda: "hidden.txt" in ran_files(log), timeout=10, what="the file it unhid")

@@ -204,7 +204,8 @@ class Watcher:
         """Walk the tree again, adding to `changes` what events did not tell.
 
         After an overflow: files whose ctime is later than the last moment the event
-        queue was seen empty, and a mark for each directory whose entries changed since.
+        queue was seen empty (.git/info/exclude too), and a mark for each directory whose
+        entries changed since.
         old_rules (the rules changed): the files that they hid and the new ones do not.
         A directory not watched before is new: all its files are changes.
         """
@@ -215,6 +216,10 @@ class Watcher:
             self.overflows += 1
             since_ns = self._lost_since_ns
         self._watch_exclude()
+        if since_ns is not None:  # outside the walk: its events may have been lost too
+            with contextlib.suppress(OSError):
+                if os.stat(self._abs(EXCLUDE)).st_ctime_ns >= since_ns:
+                    changes.add(EXCLUDE)  # the daemon reloads the rules
         before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
         yield from self._walk("", changes, visited=visited, since_ns=since_ns,

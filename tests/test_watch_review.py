@@ -246,3 +246,37 @@ def test_an_exclude_edit_lost_in_an_overflow_reloads_the_rules(
     (project / "sync.txt").write_text("x")
     wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
     wait_for(lambda: "hidden.txt" in ran_files(log), timeout=10, what="the file it unhid")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a whole-project run lists the tree with scan_files(root, watcher.rules), which loads "
+    "each .gitignore it passes into the live rules: the edited one too, before the reload "
+    "takes those rules as its old ones, so it sees no difference for a/. Fix (in "
+    "Daemon.run, outside this review's reach): a whole run lists with rules of its own, "
+    "lambda: scan_files(self.root, IgnoreRules(self.root, self.config.ignore)) (scan_files "
+    "reads every .gitignore it lists anyway)"))
+def test_a_gitignore_edit_during_a_whole_project_run_still_runs_the_files_it_unhides(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"])
+           + '[checks.whole]\ncommand = ["true", "{files}"]\npatterns = ["*.dat"]\n'
+           "run_on_start = true\n")  # lists the whole tree from READY on
+    many_dirs(project / "big")
+    # a directory the listings (and the reload's rescan) reach after big/ (a walk takes
+    # the entries last listed first): the whole run's listing reaches it first
+    a = None
+    for name in "abcdefghijklmnop":
+        (project / name).mkdir()
+        if os.listdir(project).index(name) < os.listdir(project).index("big"):
+            a = project / name
+            break
+        (project / name).rmdir()
+    assert a is not None
+    (a / ".gitignore").write_text("hidden.txt\n")
+    (a / "hidden.txt").write_text("x")
+    start_daemon(project)
+    (a / ".gitignore").write_text("# nothing hidden now\n")
+    settled(project)
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    assert f"{a.name}/hidden.txt" in ran_files(log)

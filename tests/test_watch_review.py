@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from daemon_proc import DaemonProc, devloop, inotify_watches, ran_files, record_check, wait_for
 
+from devloop.ignore import IgnoreRules
+from devloop.watcher import Watcher
+
 Start = Callable[..., DaemonProc]
 
 
@@ -305,3 +308,31 @@ def test_a_file_written_earlier_and_closed_during_an_overflow_is_checked(
     (project / "sync.txt").write_text("x")
     wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
     assert "slow.txt" in ran_files(log)
+
+
+def test_events_lost_to_an_error_while_reading_them_are_found_by_the_rescan(
+        tmp_path: Path) -> None:
+    """The daemon answers an exception in read_events with a rescan ("a bug must not cost
+    a change"): without a snapshot, that rescan must look for them by ctime, as after an
+    overflow. The bug is played by the rules raising once."""
+    (tmp_path / "d").mkdir()
+    watcher = Watcher(tmp_path, IgnoreRules(tmp_path))
+    try:
+        for _ in watcher.walk_all(set(), None):
+            pass
+        time.sleep(0.2)  # clear of the ctime slack: what came before is no change
+        (tmp_path / "d" / "a.txt").write_text("x")
+
+        def bug(relpath: str, is_dir: bool) -> bool:
+            raise RuntimeError("a bug")
+
+        watcher.rules.is_ignored = bug  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            watcher.read_events()
+        del watcher.rules.is_ignored
+        changes: set[str] = set()
+        for _ in watcher.rescan(changes):
+            pass
+        assert "d/a.txt" in changes
+    finally:
+        watcher.close()

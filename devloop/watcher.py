@@ -206,6 +206,8 @@ class Watcher:
         After an overflow: files whose ctime is later than the last moment the event
         queue was seen empty (.git/info/exclude too), and a mark for each directory whose
         entries changed since.
+        Neither an overflow nor a reload (old_rules): the daemon lost a batch of events
+        to an error, found the same way as after an overflow.
         old_rules (the rules changed): the files that they hid and the new ones do not.
         A directory not watched before is new: all its files are changes.
         """
@@ -215,6 +217,8 @@ class Watcher:
             self._overflowed = False
             self.overflows += 1
             since_ns = self._lost_since_ns
+        elif old_rules is None:  # not a reload's: events were lost to an error reading them
+            since_ns = self._empty_at_ns - CTIME_SLACK_NS
         self._watch_exclude()
         if since_ns is not None:  # outside the walk: its events may have been lost too
             with contextlib.suppress(OSError):

@@ -177,7 +177,7 @@ def test_a_file_named_in_bytes_that_are_not_utf8_is_checked_and_recorded(
     with open(os.fsencode(project) + b"/caf\xe9.txt", "wb") as f:
         f.write(b"x")
     wait_for(lambda: os.fsdecode(b"caf\xe9.txt") in ran_files(log), what="its run")
-    r = devloop("status", str(project), "--wait", "--timeout", "20")
+    r = devloop("status", str(project), "--wait", "--timeout", "10")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

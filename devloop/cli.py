@@ -50,6 +50,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     The daemon is one of those processes: it should not carry the HTTP server, the
     Prometheus client and the installer in memory for months.
     """
+    # imported before argparse runs: it imports shutil, which `watch` imports in its own way
+    modules = [importlib.import_module(f"devloop.commands.{module}")
+               for name, module in COMMANDS.items() if only is None or name == only]
     parser = _Parser(
         prog="devloop",
         description="Watch a project and run its checks the moment a file changes.",
@@ -59,9 +62,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
-    for name, module in COMMANDS.items():
-        if only is None or name == only:
-            importlib.import_module(f"devloop.commands.{module}").add_parser(sub)
+    for module in modules:
+        module.add_parser(sub)
     return parser
 
 

@@ -3,14 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import sys
+from collections.abc import Iterable, Iterator
 
-from devloop import background, config, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
-from devloop.daemon import Daemon, use_pidfd_child_watcher
 from devloop.errors import EX_OK
-from devloop.systemd import Notifier, setup_logging
+
+# detached mode's defaults (devloop/background.py, imported only in that mode: a foreground
+# daemon does not carry its log rotation)
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+READY_TIMEOUT_S = 90.0  # like the units' TimeoutStartSec
+
+# Modules the daemon never uses, which the stdlib and pathspec import only if they can:
+# asyncio's ssl (the daemon speaks no TLS), hashlib's OpenSSL (_hashlib: the daemon hashes
+# with blake2b and sha256, which Python has built in), shutil's archive formats, and
+# typing_extensions (pathspec has its own fallbacks). Without them the daemon maps neither
+# libssl nor libcrypto nor liblzma: 6.1 MiB less of its 32.5 MiB when idle
+# (bench/daemon_rss.sh). Something that does need one later (prometheus_client imports
+# ssl, with metrics_textfile set) still gets it.
+NOT_IN_DAEMON = ("ssl", "_ssl", "_hashlib", "bz2", "lzma", "typing_extensions")
+
+
+@contextlib.contextmanager
+def _unimportable(names: Iterable[str]) -> Iterator[None]:
+    """Within: an `import` of one of names (not yet imported) fails with ImportError."""
+    added = [name for name in names if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in added:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+# The daemon's modules, imported with this module, before argparse imports shutil
+with _unimportable(NOT_IN_DAEMON):
+    import asyncio
+
+    from devloop import config, statedir
+    from devloop.daemon import Daemon, use_pidfd_child_watcher
+    from devloop.systemd import Notifier, setup_logging
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -26,12 +62,12 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--foreground", action="store_true",
                    help="stay in the foreground (for systemd, supervisord or a terminal)")
-    p.add_argument("--log-max-bytes", type=_positive_int, default=background.LOG_MAX_BYTES,
+    p.add_argument("--log-max-bytes", type=_positive_int, default=LOG_MAX_BYTES,
                    metavar="N", help="detached: rotate devloop.log at this size "
                    "(default 10 MB)")
-    p.add_argument("--log-backups", type=_positive_int, default=background.LOG_BACKUPS,
+    p.add_argument("--log-backups", type=_positive_int, default=LOG_BACKUPS,
                    metavar="N", help="detached: rotated logs to keep (default 3)")
-    p.add_argument("--ready-timeout", type=float, default=background.READY_TIMEOUT_S,
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
                    metavar="SECONDS", help="detached: how long to wait for the daemon to be "
                    "ready (default 90); it keeps starting after that")
     add_dir_argument(p)
@@ -52,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     root = project_root(args.dir)
     cfg = config.load(root)
     if not args.foreground:
+        from devloop import background
+
         started = background.start(root, cfg, max_bytes=args.log_max_bytes,
                                    backups=args.log_backups, timeout=args.ready_timeout)
         if started.code == EX_OK:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The daemon's memory at two commits, same venv: VmRSS of an idle `devloop watch --foreground`
-# on a 50-file project, 6 s after start, and whether pydantic_core (the MCP SDK) is mapped.
+# on a 50-file project, 6 s after start, and whether pydantic_core (the MCP SDK) and OpenSSL
+# (libssl, libcrypto) are mapped.
 #   bench/daemon_rss.sh BEFORE_REV AFTER_REV [RUNS]     (e.g. results mcp 3)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,8 +23,9 @@ for _ in $(seq 1 "${3:-3}"); do
         sleep 6
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
         mapped=$(grep -c pydantic_core "/proc/$pid/maps" || true)
+        openssl=$(grep -cE 'libssl|libcrypto' "/proc/$pid/maps" || true)
         kill -TERM "$pid"
         wait "$pid" || true
-        echo "$rev: VmRSS ${rss} kB, pydantic_core mappings: $mapped"
+        echo "$rev: VmRSS ${rss} kB, pydantic_core mappings: $mapped, OpenSSL mappings: $openssl"
     done
 done

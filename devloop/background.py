@@ -159,9 +159,6 @@ def _daemon(root: Path, cfg: Config, state_dir: Path, fd: int, max_bytes: int,
         setup_logging(str(root), handler=handler)
         statedir.acquire(state_dir, root)  # held until this process exits
         use_pidfd_child_watcher()
-        from devloop.commands.watch import release_free_heap  # here: watch imports us
-
-        release_free_heap()
         daemon = Daemon(root, state_dir, cfg, Notifier(environ={}), on_ready=ready)
         code = asyncio.run(daemon.run())
         why = "the daemon stopped before it was ready"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -85,15 +84,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def release_free_heap() -> None:
-    """Give the kernel back the heap pages start-up freed (the parser, the config, the
-    imports' temporaries), which glibc would keep: 0.8 MiB of an idle daemon's VmRSS,
-    still returned after 30 edits' runs. Called once, before the loop. Not glibc: no-op."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
 def run(args: argparse.Namespace) -> int:
     root = project_root(args.dir)
     cfg = config.load(root)
@@ -112,5 +102,4 @@ def run(args: argparse.Namespace) -> int:
     statedir.acquire(state_dir, root)  # held until the process exits
     notifier = Notifier()
     use_pidfd_child_watcher()
-    release_free_heap()
     return asyncio.run(Daemon(root, state_dir, cfg, notifier).run())

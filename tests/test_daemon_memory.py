@@ -46,6 +46,18 @@ def test_foreground_daemon_maps_no_openssl(project: Path, start_daemon: Start) -
     assert unused_mapped(d.pid) == []
 
 
+def test_daemon_logging_to_the_journal_maps_no_openssl(project: Path,
+                                                       start_daemon: Start) -> None:
+    """systemd.journal is imported after the others, with nothing kept out any more."""
+    (project / "devloop.toml").write_text(SYNTAX_CHECK)
+    as_if_journal = [sys.executable, "-c", "import os, sys; st = os.fstat(2); "
+                     "os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'; "
+                     "os.execv(sys.argv[1], sys.argv[1:])"]
+    d = start_daemon(project, prefix=as_if_journal)
+    assert any("systemd/_journal" in f for f in mapped(d.pid))
+    assert unused_mapped(d.pid) == []
+
+
 def test_detached_daemon_maps_no_openssl(project: Path) -> None:
     (project / "devloop.toml").write_text(SYNTAX_CHECK)
     with background(project) as r:

@@ -2,51 +2,23 @@
 
 from __future__ import annotations
 
+# The daemon's modules are imported with this one, so what devloop/cli.py keeps out of the
+# `watch` process (KEEP_OUT) stays out of them.
 import argparse
-import contextlib
+import asyncio
 import sys
-from collections.abc import Iterable, Iterator
 
+from devloop import config, statedir
 from devloop.commands import Subparsers, add_dir_argument, project_root
+from devloop.daemon import Daemon, use_pidfd_child_watcher
 from devloop.errors import EX_OK
+from devloop.systemd import Notifier, setup_logging
 
 # detached mode's defaults (devloop/background.py, imported only in that mode: a foreground
 # daemon does not carry its log rotation)
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 READY_TIMEOUT_S = 90.0  # like the units' TimeoutStartSec
-
-# Modules the daemon never uses, which the stdlib and pathspec import only if they can:
-# asyncio's ssl (the daemon speaks no TLS), hashlib's OpenSSL (_hashlib: the daemon hashes
-# with blake2b and sha256, which Python has built in), shutil's archive formats, and
-# typing_extensions (pathspec has its own fallbacks). Without them the daemon maps neither
-# libssl nor libcrypto: an idle daemon's VmRSS 31,100 -> 25,000 kB, ssl alone 1,300 kB
-# (bench/daemon_rss.sh). Something that does need one later (prometheus_client imports
-# ssl, with metrics_textfile set) still gets it.
-NOT_IN_DAEMON = ("ssl", "_ssl", "_hashlib", "bz2", "lzma", "typing_extensions")
-
-
-@contextlib.contextmanager
-def _unimportable(names: Iterable[str]) -> Iterator[None]:
-    """Within: an `import` of one of names (not yet imported) fails with ImportError."""
-    added = [name for name in names if name not in sys.modules]
-    for name in added:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name in added:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-
-
-# The daemon's modules, imported with this module, before argparse imports shutil
-with _unimportable(NOT_IN_DAEMON):
-    import asyncio
-
-    from devloop import config, statedir
-    from devloop.daemon import Daemon, use_pidfd_child_watcher
-    from devloop.systemd import Notifier, setup_logging
 
 
 def add_parser(sub: Subparsers) -> None:

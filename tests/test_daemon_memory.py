@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -79,3 +80,14 @@ def test_metrics_enabled_by_a_reload_still_load_prometheus(project: Path, tmp_pa
     wait_for(lambda: prom.exists() and "devloop_up 1" in prom.read_text(),
              what="the metrics textfile")
     assert d.proc.poll() is None
+
+
+def test_only_the_watch_process_keeps_them_out() -> None:
+    """Importing the watch command (as `devloop --help` does) leaves asyncio its ssl and
+    hashlib its OpenSSL (sha512_256 is OpenSSL's only)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import devloop.cli; devloop.cli.build_parser(); "
+         "import asyncio.base_events, hashlib; print(asyncio.base_events.ssl is not None, "
+         "'sha512_256' in hashlib.algorithms_available)"],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert probe.stdout.split() == ["True", "True"]

@@ -31,12 +31,12 @@ COMMANDS = {
 # Per command: modules its process never uses, which the stdlib and pathspec import only if
 # they can; unimportable while the command's modules are imported. The daemon speaks no TLS
 # (asyncio's ssl), hashes with blake2b and sha256, which Python has built in (hashlib's
-# OpenSSL, _hashlib), makes no archives (shutil's bz2, lzma), and pathspec has fallbacks
-# for typing_extensions. Without them it maps neither libssl nor libcrypto: an idle
-# daemon's VmRSS 31,100 -> 25,000 kB, ssl alone 1,300 kB (bench/daemon_rss.sh). What does
-# need one later still gets it (prometheus_client imports ssl, when a reload sets
-# metrics_textfile).
-KEEP_OUT = {"watch": ("ssl", "_ssl", "_hashlib", "bz2", "lzma", "typing_extensions")}
+# OpenSSL, _hashlib), makes no archives (shutil's bz2, lzma, zlib), and pathspec has
+# fallbacks for typing_extensions. Without them it maps neither libssl nor libcrypto: an
+# idle daemon's VmRSS 31,100 -> 24,800 kB, ssl alone 1,300 kB, zlib 200 kB
+# (bench/daemon_rss.sh). What does need one later still gets it (prometheus_client imports
+# ssl and zlib, when a reload sets metrics_textfile).
+KEEP_OUT = {"watch": ("ssl", "_ssl", "_hashlib", "bz2", "lzma", "zlib", "typing_extensions")}
 
 EPILOG = """\
 exit codes: 0 ok; 1 a check failed (run, status) or the daemon is unhealthy (daemon-status);

@@ -1,4 +1,4 @@
-"""What a real daemon process maps: not the libraries it never uses (OpenSSL, lzma, bz2).
+"""What a real daemon process maps: not the libraries it never uses (OpenSSL, compression).
 
 devloop/commands/watch.py keeps them out (NOT_IN_DAEMON); the figures are in
 bench/daemon_rss.sh. These read /proc/PID/maps of a running `devloop watch`.
@@ -18,7 +18,8 @@ from ops_helpers import background, lock_pid
 
 Start = Callable[..., DaemonProc]
 # (liblzma itself may come with libsystemd under the journal: its Python module may not)
-UNUSED_LIBRARIES = ("libssl.so", "libcrypto.so", "_ssl.", "_hashlib.", "_lzma.", "_bz2.")
+UNUSED_LIBRARIES = ("libssl.so", "libcrypto.so", "_ssl.", "_hashlib.", "_lzma.", "_bz2.",
+                    "/zlib.")
 SYNTAX_CHECK = (
     "[checks.syntax]\n"
     f'command = ["{sys.executable}", "-m", "devloop.tools.pysyntax", "{{files}}"]\n'

@@ -44,7 +44,11 @@ BUILTIN_IGNORES: tuple[str, ...] = (
 
 
 def compile_spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec:
-    """pathspec with its fastest installed backend (re2: one match for all patterns)."""
+    """pathspec with its fastest installed backend (re2: one match for all patterns).
+
+    re2 costs the daemon 2.7 MB of VmRSS (HIDE=re2 bench/daemon_rss.sh) and saves 6 us per
+    `is_ignored` (3 against 9, bench/ignore_cost.py): 0.6 s of CPU per walk of 100,000
+    directories, 6 s per listing of 1,000,000 files."""
     return pathspec.GitIgnoreSpec.from_lines(lines, backend="best")
 
 

@@ -369,3 +369,31 @@ def test_a_file_saved_through_o_tmpfile_and_linkat_is_checked(
     (project / "sync.txt").write_text("x")
     wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
     assert "new.txt" in ran_files(log)
+
+
+def test_two_directories_swapped_during_an_overflow_are_both_new_and_stay_watched(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """Each known name now holds the other's inode: the rescan finds each watch under
+    the other name, and must neither keep the files as known nor drop those watches."""
+    log = tmp_path / "runs.jsonl"
+    config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
+    for name in ("a", "b"):
+        (project / name / "sub" / name).mkdir(parents=True)
+        (project / name / "f.txt").write_text(name)
+    (project / "flood").mkdir()
+    d = start_daemon(project)
+    watches = inotify_watches(d.pid)
+    with overflowed(d, project / "flood"):
+        os.rename(project / "a", project / "t")
+        os.rename(project / "b", project / "a")
+        os.rename(project / "t", project / "b")
+    settled(project)
+    assert {"a/f.txt", "b/f.txt"} <= ran_files(log)
+    edits = ["a/sub/b/x.txt", "b/sub/a/y.txt", "a/z.txt", "b/w.txt"]
+    for rel in edits:
+        (project / rel).write_text("edited")
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    time.sleep(0.5)  # events come in order, yet each directory is read on its own
+    assert set(edits) <= ran_files(log)
+    assert inotify_watches(d.pid) == watches

@@ -290,7 +290,7 @@ def test_a_gitignore_edit_during_a_whole_project_run_still_runs_the_files_it_unh
     "a close has no time stamp: written before the queue was last seen empty and closed "
     "while the events were lost, the file's ctime is too old for the overflow's rescan "
     "(before issue 14 too: the snapshot stamped it at its IN_CREATE). A limit of the "
-    "design, to document with 'writes through a file kept open' in README's Not seen"))
+    "design, said in README's Watching (IN_Q_OVERFLOW)"))
 def test_a_file_written_earlier_and_closed_during_an_overflow_is_checked(
         project: Path, tmp_path: Path, start_daemon: Start) -> None:
     log = tmp_path / "runs.jsonl"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devloop import tools
 from devloop.config import Check, Config
 from devloop.findings import Finding
 from devloop.reaper import GroupLedger
@@ -48,6 +49,7 @@ ResultHandler = Callable[[Run, list[Finding]], None]
 @dataclass(eq=False)
 class _State:
     check: Check
+    adapter: tools.Adapter  # found with the config, not on the way from a save to its run
     pending: set[str] = field(default_factory=set)
     whole: bool = False  # a run of the whole project is pending
     first_change: float | None = None  # of the current debounce window
@@ -126,11 +128,12 @@ class Scheduler:
         self._states = {}
         added = []
         for check in config.checks:
+            adapter = tools.adapter_for(check)
             state = old.pop(check.name, None)
             if state is None:
-                state = _State(check)
+                state = _State(check, adapter)
                 added.append(check.name)
-            state.check = check
+            state.check, state.adapter = check, adapter
             self._states[check.name] = state
         for state in old.values():
             self._cancel(state)
@@ -248,6 +251,12 @@ class Scheduler:
         if state.settling and not now:  # still the storm that queued a rerun: keep waiting
             since = state.pending_since if state.pending_since is not None else t
             when = min(max(when, t + QUEUE_SETTLE_S), since + MAX_WAIT_S)
+        if when <= t:
+            # due now (debounce_ms = 0): a timer would cost a turn of the loop, and let what
+            # else this turn queued (the published state, a database write) go before the
+            # run; changes read later in this turn still join it (its task takes them).
+            self._fire(state)
+            return
         state.timer = loop.call_at(when, self._fire, state)
 
     def _settle(self, state: _State) -> bool:
@@ -350,7 +359,8 @@ class Scheduler:
                     if state.looping:
                         state.seen = {f: _digest(self.root / f) for f in state.looping}
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
-                                             environ=self.environ, ledger=self.ledger)
+                                             environ=self.environ, ledger=self.ledger,
+                                             adapter=state.adapter)
                     if self.on_state is not None:
                         self.on_state()
                     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devloop import scheduler as scheduler_mod
+from devloop import tools
 from devloop.config import Check, Config
 from devloop.ignore import IgnoreRules
 from devloop.scheduler import Scheduler
@@ -166,6 +167,51 @@ def test_reconfigure_keeps_the_semaphore_and_reports_new_checks(tmp_path: Path) 
         assert s._sem is sem
         s.configure(Config(checks=(a,), max_parallel=3))
         assert s._sem is not sem
+        await s.stop()
+
+    asyncio.run(main())
+
+
+def test_a_change_with_no_debounce_starts_its_run_in_the_next_turn(tmp_path: Path) -> None:
+    """debounce_ms = 0: no timer between a change and its run. A timer costs a turn of the
+    loop, and whatever else the change queued (the daemon publishes its state to the
+    database) would go before the run."""
+    async def main() -> None:
+        (tmp_path / "a.txt").write_text("x")
+        s = Scheduler(tmp_path, Config(checks=(check("now", "pass", debounce_ms=0),)),
+                      lambda r, f: None, lambda: [])
+        s.changed(["a.txt"])
+        await asyncio.sleep(0)  # one turn: the run's task took it and started the process
+        assert s.states()["now"][0] == "running"
+        await settle(s)
+        await s.stop()
+
+    asyncio.run(main())
+
+
+def test_adapters_are_found_with_the_config_not_between_a_change_and_its_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding an adapter imports the adapters' modules: 13 ms measured, on the first save's
+    way to its run. The scheduler finds them when it takes a config."""
+    results: list[Run] = []
+
+    async def main() -> None:
+        (tmp_path / "a.txt").write_text("x")
+        s = Scheduler(tmp_path, Config(checks=(check("a", "pass", debounce_ms=0),)),
+                      lambda run, f: results.append(run), lambda: [])
+        found: list[str] = []
+        real = tools.adapter_for
+
+        def counted(chk: Check) -> tools.Adapter:
+            found.append(chk.name)
+            return real(chk)
+
+        monkeypatch.setattr(tools, "adapter_for", counted)
+        s.changed(["a.txt"])
+        await settle(s)
+        assert [r.outcome for r in results] == ["pass"] and found == []
+        s.configure(Config(checks=(check("a", "pass", debounce_ms=0, tool="pysyntax"),)))
+        assert found == ["a"]  # a changed check: its adapter anew
         await s.stop()
 
     asyncio.run(main())

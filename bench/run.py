@@ -64,6 +64,9 @@ FULL = Scale("full", 10_000, 100_000, 20_000, 20_000, 200, 60.0, 50_000, 30.0, 2
 QUICK = Scale("quick", 100, 1_000, 200, 200, 20, 5.0, 1_000, 8.0, 1.5, 64)
 # monorepo tier: only the right-after-ready pass (no idle window, no storms)
 HUGE = Scale("huge", 100_000, 1_000_000, 20_000, 20_000, 20, 0.0, 0, 60.0, 2.5, 1024)
+# small-project tier: only start-up and the reaction pass, 200 edits (the tail)
+SMALL = Scale("small", 200, 2_000, 200, 200, 200, 0.0, 0, 8.0, 1.5, 64)
+HUGE_TOOLS = ("inotifywait", "watchman", "devloop")  # the floor and the peer built for size
 AFTER_READY_EDITS = 20  # edits made from READY on, in the right-after-ready pass
 STALL_MS = 20  # a callback holding DevLoop's event loop longer than this is a stall
 SLOW_CALLBACK_ENV = "DEVLOOP_SLOW_CALLBACK_MS"  # DevLoop's bench mode (asyncio debug)
@@ -943,6 +946,7 @@ def phase_reaction(r: Running, ctx: Ctx, tool: Tool, count: int | None = None) -
             reaction_p99_ms=round(percentile(lat, 99), 2),
             reaction_min_ms=round(min(lat), 2),
             reaction_max_ms=round(max(lat), 2),
+            reactions_ms=[round(x, 2) for x in lat],  # in edit order: where the tail lies
         )
     return out
 
@@ -1074,6 +1078,8 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
     logdir.mkdir(parents=True)
     if ctx.scale is HUGE:  # the monorepo tier: only the pass right after ready
         return bench_after_ready(tool, ctx, logdir, res)
+    if ctx.scale is SMALL:  # the small tier: only the reaction pass
+        return bench_reaction_only(tool, ctx, logdir, res)
     log(f"{tool.name}: start-up")
     try:
         r = tool.start(ctx, logdir)
@@ -1129,6 +1135,28 @@ def bench_tool(tool: Tool, ctx: Ctx) -> dict[str, Any]:
             res["storm_overflow"]["error"] += f"; its stderr ends: {tail[:300]}"
         log(f"{tool.name}: overflow storm: {e}")
     return bench_after_ready(tool, ctx, logdir, res)
+
+
+def bench_reaction_only(tool: Tool, ctx: Ctx, logdir: Path, res: dict[str, Any]
+                        ) -> dict[str, Any]:
+    log(f"{tool.name}: start-up, then reaction ({ctx.scale.edits} edits)")
+    try:
+        r = tool.start(ctx, logdir)
+    except (ToolError, subprocess.TimeoutExpired, OSError) as e:
+        res["error"] = f"start-up: {e}"
+        return res
+    try:
+        res["startup_s"] = round(r.startup_s, 3)
+        res["ready_how"] = r.ready_how
+        res["watches_at_ready"] = usage(r.proc.pid).watches
+        wait_quiet(r, 1.0, 30)
+        res.update(phase_reaction(r, ctx, tool))
+        res["rss_mib"] = round(usage(r.proc.pid, with_watches=False).rss_mib, 1)
+    except Exception as e:  # keep going with the other tools
+        res["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        tool.stop(r)
+    return res
 
 
 def bench_after_ready(tool: Tool, ctx: Ctx, logdir: Path, res: dict[str, Any]) -> dict[str, Any]:
@@ -1419,6 +1447,99 @@ def details(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def load_tier(name: str) -> dict[str, Any] | None:
+    """Another tier's last run (bench/RESULTS-NAME.json), shown in RESULTS.md with its date."""
+    try:
+        data: dict[str, Any] = json.loads((BENCH_DIR / f"RESULTS-{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def tier_header(data: dict[str, Any], name: str) -> str:
+    return (f"From `{data.get('command', 'bench/run.py --' + name)}` on "
+            f"{data.get('when', '(date not recorded)')}, at {data['machine'].get('versions', '?')} "
+            f"([RESULTS-{name}.md](RESULTS-{name}.md)).\n")
+
+
+def small_table(results: list[dict[str, Any]]) -> str:
+    floor = next((r.get("reaction_median_ms") for r in results
+                  if r["tool"] == "inotifywait + sh loop"), None)
+    rows = ["| Tool | Reaction median (ms) | p99 (ms) | max (ms) | median / floor's | "
+            "Start-up (s) | RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        med = r.get("reaction_median_ms")
+        ratio = f"{med / floor:.2f}x" if med is not None and floor else "-"
+        rows.append(f"| {r['tool']} | {fmt(med, '.2f')} | {fmt(r.get('reaction_p99_ms'), '.2f')} "
+                    f"| {fmt(r.get('reaction_max_ms'), '.2f')} | {ratio} | "
+                    f"{fmt(r.get('startup_s'), '.2f')} | {fmt(r.get('rss_mib'), '.1f')} |")
+    return "\n".join(rows)
+
+
+def scale_targets(full: list[dict[str, Any]], small: list[dict[str, Any]] | None,
+                  huge: list[dict[str, Any]] | None) -> str:
+    """Issue 14's targets, each from the tier it is about."""
+    lines = ["| Target | Measured | Met |", "|---|---|:---:|"]
+
+    def row(target: str, measured: str, ok: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if ok else '**no**'} |")
+
+    def tool(results: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
+        return next((r for r in results or [] if r["tool"] == name), {})
+
+    dl = tool(huge, "DevLoop")
+    a = dl.get("after_ready") or {}
+    if a.get("reaction_p99_ms") is not None:
+        row("1,000,000 files: reaction p99 < 10 ms for edits from READY on",
+            f"{a['reaction_p99_ms']:.2f} ms", a["reaction_p99_ms"] < 10)
+        row("1,000,000 files: 1.00 runs per edit", f"{a['runs_per_edit']:.2f}",
+            a["runs_per_edit"] == 1.0)
+        row("1,000,000 files: CPU after READY ≤ 3 s, then idle",
+            f"{a['cpu_ready_to_quiet_s']:.2f} s", a["cpu_ready_to_quiet_s"] <= 3.0)
+        row("1,000,000 files: RSS < 60 MiB", f"{a['rss_mib']:.1f} MiB", a["rss_mib"] < 60)
+        fl = tool(huge, "inotifywait + sh loop").get("after_ready") or {}
+        if fl.get("reaction_median_ms"):
+            ratio = a["reaction_median_ms"] / fl["reaction_median_ms"]
+            row("1,000,000 files: median reaction ≤ 1.75x the floor's (same run)",
+                f"{a['reaction_median_ms']:.2f} vs {fl['reaction_median_ms']:.2f} ms: "
+                f"{ratio:.2f}x", ratio <= 1.75)
+    stall = dl.get("loop_stall")
+    if stall:
+        row("no loop callback longer than 20 ms (start-up to quiet, 1,000,000 files)",
+            f"{stall['stalls']} over 20 ms", stall["stalls"] == 0)
+    dl = tool(full, "DevLoop")
+    if "rss_mib" in dl:
+        row("100,000 files: RSS < 30 MiB", f"{dl['rss_mib']:.1f} MiB", dl["rss_mib"] < 30)
+    for name, results in (("100,000 files", full), ("2,000 files", small)):
+        dl, fl = tool(results, "DevLoop"), tool(results, "inotifywait + sh loop")
+        if dl.get("reaction_median_ms") is None or not fl.get("reaction_median_ms"):
+            continue
+        ratio = dl["reaction_median_ms"] / fl["reaction_median_ms"]
+        row(f"{name}: median reaction ≤ 1.75x the floor's (same run)",
+            f"{dl['reaction_median_ms']:.2f} vs {fl['reaction_median_ms']:.2f} ms: {ratio:.2f}x",
+            ratio <= 1.75)
+        if results is small:
+            row("2,000 files: reaction p99 < 3 ms", f"{dl['reaction_p99_ms']:.2f} ms "
+                f"({dl.get('edits', '?')} edits)", dl["reaction_p99_ms"] < 3)
+    return "\n".join(lines)
+
+
+def tier_parts(results: list[dict[str, Any]]) -> list[str]:
+    """RESULTS.md's view of the other tiers, from their last runs."""
+    small, huge = load_tier("small"), load_tier("huge")
+    parts = []
+    if small:
+        parts += ["## Small project tier (200 directories, 2,000 files)\n",
+                  tier_header(small, "small"), small_table(small["results"]), ""]
+    if huge:
+        parts += ["## Monorepo tier (100,000 directories, 1,000,000 files), right after ready\n",
+                  tier_header(huge, "huge"), after_ready_table(huge["results"]), ""]
+    parts += ["## Scale targets (issue 14)\n",
+              scale_targets(results, small["results"] if small else None,
+                            huge["results"] if huge else None), ""]
+    return parts
+
+
 def report(
     results: list[dict[str, Any]],
     ctx: Ctx,
@@ -1441,6 +1562,7 @@ def report(
         "## DevLoop targets\n",
         targets(results, ctx.tree),
         "",
+        *tier_parts(results),
     ]
     parts = [
         "# DevLoop benchmark results\n",
@@ -1461,7 +1583,8 @@ def report(
            f"with `fs.inotify.max_queued_events = {s.small_queue}` while the tool starts and "
            f"runs (restored afterwards); a tool is done when no check started for "
            f"{s.quiet_s} s, waited for at most {s.drain_max_s:.0f} s after the last write\n"),
-        *(full_parts if s is not HUGE else []),
+        *(full_parts if s is FULL or s is QUICK else []),
+        *(["## Reaction\n", small_table(results), ""] if s is SMALL else []),
         "## Right after ready\n",
         f"A fresh start of each tool; {AFTER_READY_EDITS} edits from the moment it is ready "
         "(the first at once); CPU from ready until no check started for "
@@ -1489,7 +1612,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="100,000 dirs / 1,000,000 files: only the pass right after ready (RESULTS-huge.md)",
     )
-    ap.add_argument("--tools", default="", help="comma-separated subset, e.g. devloop,entr")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="200 dirs / 2,000 files: start-up and 200 edits only (RESULTS-small.md)",
+    )
+    ap.add_argument("--tools", default="",
+                    help="comma-separated subset, e.g. devloop,entr (--huge: "
+                    + ",".join(HUGE_TOOLS) + ")")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/devloop-bench"))
     ap.add_argument(
         "--output",
@@ -1506,15 +1636,17 @@ def main(argv: list[str] | None = None) -> int:
         print("the benchmark needs Linux (inotify)", file=sys.stderr)
         return 2
     t_begin = time.monotonic()
-    scale = HUGE if args.huge else QUICK if args.quick else FULL
-    out = args.output or BENCH_DIR / {"quick": "RESULTS-quick.md", "huge": "RESULTS-huge.md"}.get(
-        scale.name, "RESULTS.md")
+    scale = HUGE if args.huge else SMALL if args.small else QUICK if args.quick else FULL
+    out = args.output or BENCH_DIR / (
+        "RESULTS.md" if scale is FULL else f"RESULTS-{scale.name}.md")
     notes = [] if args.no_install else install(args.no_devloop_install)
     args.workdir.mkdir(parents=True, exist_ok=True)
     recorder, rec_kind = build_recorder(args.workdir)
     tree = make_tree(args.workdir, scale, recorder)
     ctx = Ctx(workdir=args.workdir, tree=tree, recorder=recorder, scale=scale)
     wanted = {t.strip().lower() for t in args.tools.split(",") if t.strip()}
+    if scale is HUGE and not wanted:
+        wanted = set(HUGE_TOOLS)
     tools = [t for t in ALL_TOOLS if not wanted or any(w in t.name.lower() for w in wanted)]
     if os.geteuid() != 0:
         notes.append("not root: the overflow storm cannot lower max_queued_events")
@@ -1525,11 +1657,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(ctx)
     text = report(results, ctx, machine, rec_kind, notes, time.monotonic() - t_begin)
     out.write_text(text)
-    out.with_suffix(".json").write_text(
-        json.dumps({"machine": machine, "scale": asdict(scale), "results": results}, indent=1)
-        + "\n"
-    )
-    print(after_ready_table(results) if scale is HUGE else headline(results, scale))
+    out.with_suffix(".json").write_text(json.dumps({
+        "command": " ".join(["python3", "bench/run.py", *sys.argv[1:]]),
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine, "scale": asdict(scale), "results": results}, indent=1) + "\n")
+    print(after_ready_table(results) if scale is HUGE else small_table(results)
+          if scale is SMALL else headline(results, scale))
     log(f"wrote {out} in {(time.monotonic() - t_begin) / 60:.1f} min")
     return 0
 

@@ -28,9 +28,6 @@ from devloop.systemd import Notifier, setup_logging
 log = logging.getLogger("devloop")
 
 LOG_NAME = "devloop.log"
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
-READY_TIMEOUT_S = 90.0  # like the units' TimeoutStartSec
 MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
                "LISTEN_FDNAMES", "JOURNAL_STREAM")
 
@@ -76,8 +73,7 @@ class PrivateLogHandler(RotatingFileHandler):
         super().emit(record)
 
 
-def start(root: Path, cfg: Config, *, max_bytes: int = LOG_MAX_BYTES,
-          backups: int = LOG_BACKUPS, timeout: float = READY_TIMEOUT_S) -> Started:
+def start(root: Path, cfg: Config, *, max_bytes: int, backups: int, timeout: float) -> Started:
     """Fork the daemon off and wait for its word; returns in the parent only."""
     state_dir = statedir.ensure(root)  # fail here, on the user's terminal, when it cannot
     read_fd, write_fd = os.pipe()  # not inherited by exec'd checks (O_CLOEXEC)

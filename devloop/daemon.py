@@ -41,7 +41,7 @@ from devloop.scheduler import Scheduler
 from devloop.store import FAILING, CheckTotals, LiveState, Run, Store
 from devloop.systemd import Notifier
 from devloop.tools import mypy as mypy_tool
-from devloop.watcher import Watcher, WatchLimitError
+from devloop.watcher import CTIME_SLACK_NS, Watcher, WatchLimitError, is_dir_mark, scan_files
 
 log = logging.getLogger("devloop")
 
@@ -133,30 +133,23 @@ class Daemon:
         reaper.become_subreaper()
         self.ledger.kill_leftovers()
         mypy_tool.servers.enable(self.ledger)  # tool servers live as long as the daemon
-        walk_started_ns = time.time_ns()  # mtimes are compared with it, less 50 ms (coarse)
+        walk_started_ns = time.time_ns()
+        # edits made while the walk runs, before their directory's watch: found by ctime,
+        # unless every check runs over the whole project at start anyway
+        since_ns = (walk_started_ns - CTIME_SLACK_NS
+                    if any(not c.run_on_start for c in self.config.checks) else None)
+        changed_meanwhile: set[str] = set()
         try:
-            if not await self._initial_walk():
+            if not await self._initial_walk(changed_meanwhile, since_ns):
                 return self.exit_code  # stopped meanwhile: a stop never waits for the walk
-            walk_ended_ns = time.time_ns()  # every watch in place: later changes have events
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
-                                       self.watcher.all_files, ledger=self.ledger,
-                                       on_state=self._publish_soon)
+                                       lambda: scan_files(self.root, self.watcher.rules),
+                                       ledger=self.ledger, on_state=self._publish_soon)
             self._heartbeat()
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
                      ", ".join(c.name for c in self.config.checks))
-            self.notifier.ready(self.status_text())
-            if self.on_ready is not None:
-                self.on_ready()
-            changed_meanwhile: set[str] = set()
-            snapshot_started = time.monotonic()
-            if not await self._sliced(self.watcher.fill_snapshot(
-                    walk_started_ns - 50_000_000, walk_ended_ns, changed_meanwhile)):
-                log.info("stopped before the snapshot of the files was complete")
-                return self.exit_code
-            log.info("snapshot of the files complete in %.2fs",
-                     time.monotonic() - snapshot_started)
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
@@ -165,16 +158,20 @@ class Daemon:
             self._publish()
             if self._sync is not None:
                 loop.add_reader(self._sync, self._on_sync)
+            # last: from READY on, the loop has nothing left to do but wait for events
+            self.notifier.ready(self.status_text())
+            if self.on_ready is not None:
+                self.on_ready()
             await self._stop.wait()
         finally:
             await self._shutdown()
         return self.exit_code
 
-    async def _initial_walk(self) -> bool:
+    async def _initial_walk(self, changes: set[str], since_ns: int | None) -> bool:
         """Place the watches; False when stopped meanwhile."""
         last_extend = 0.0
         try:
-            for walked in self.watcher.walk_all(strict=True):
+            for walked in self.watcher.walk_all(changes, since_ns):
                 now = time.monotonic()
                 if now - last_extend >= EXTEND_EVERY_S:
                     self.notifier.extend_timeout(EXTEND_BY_S)
@@ -252,7 +249,12 @@ class Daemon:
             self._request_reload()
             changes = changes - {EXCLUDE}  # only a rule file: not one of the project's files
         root = str(self.root)  # joined as strings: a storm brings 10,000s of changes
-        gone = [c for c in changes if not os.path.lexists(f"{root}/{c}")]
+        gone = [c for c in changes if not is_dir_mark(c) and not os.path.lexists(f"{root}/{c}")]
+        marks = [c for c in changes if is_dir_mark(c)]
+        if marks:  # files may be gone below these that no event named: those with findings
+            below: list[str] = []
+            self._db(lambda store: below.extend(store.files_with_findings_under(marks)))
+            gone += [f for f in below if not os.path.lexists(f"{root}/{f}")]
         if gone:
             had: set[str] = set()
             self._db(lambda store: had.update(store.checks_with_findings(gone)))
@@ -335,9 +337,10 @@ class Daemon:
             return
         self.config_problem = None
         self.config = config
-        self.watcher.rules = IgnoreRules(self.root, config.ignore)
+        old_rules, self.watcher.rules = self.watcher.rules, IgnoreRules(self.root, config.ignore)
         changes: set[str] = set()
-        await self._sliced(self.watcher.rescan(changes))  # watches follow the new rules
+        # watches follow the new rules; files they no longer hide are changes
+        await self._sliced(self.watcher.rescan(changes, old_rules))
         added: list[str] = []
         if self.scheduler is not None:
             added = self.scheduler.configure(config)

@@ -33,7 +33,7 @@ from devloop.findings import Finding
 from devloop.reaper import GroupLedger
 from devloop.runner import CheckRun
 from devloop.store import Run, State
-from devloop.watcher import SLICE_S
+from devloop.watcher import SLICE_S, is_dir_mark
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Scheduler:
         self._states = {}
         added = []
         for check in config.checks:
-            adapter = tools.adapter_for(check)
+            adapter = tools.adapter_for(check)  # imported now, not on the first run (14 ms)
             state = old.pop(check.name, None)
             if state is None:
                 state = _State(check, adapter)
@@ -175,7 +175,10 @@ class Scheduler:
         """Note changed paths: the checks they match are armed."""
         paths = list(paths)
         for state in self._states.values():
-            matched = [p for p in paths if state.check.matches(p)]
+            # a directory's mark (files gone below it, unnamed) arms the checks that read
+            # the whole project: a check given files has none to run on
+            matched = [p for p in paths if (not state.check.takes_files if is_dir_mark(p)
+                                            else state.check.matches(p))]
             if not matched:
                 continue
             now = asyncio.get_running_loop().time()
@@ -311,7 +314,8 @@ class Scheduler:
                 return None
             return files, True
         root = str(self.root)  # joined as strings, faster than pathlib
-        existing = await _select(pending, lambda p: os.path.lexists(f"{root}/{p}"))
+        existing = await _select(pending, lambda p: not is_dir_mark(p)
+                                 and os.path.lexists(f"{root}/{p}"))
         if check.takes_files and not existing:
             return None  # only deletions: the caller already dropped their findings
         return existing, False

@@ -313,6 +313,15 @@ class Store:
                 f" ({','.join('?' * len(chunk))})", chunk))
         return found
 
+    def files_with_findings_under(self, marks: Iterable[str]) -> list[str]:
+        """The files with findings below each directory "dir/" ("/": the root); one pass
+        over the findings, however many directories (an overflow marks thousands)."""
+        prefixes = tuple(marks)
+        if "/" in prefixes:
+            prefixes = ("",)
+        return [f for (f,) in self.conn.execute("SELECT DISTINCT file FROM findings")
+                if f.startswith(prefixes)]
+
     def outcomes_gone_with(self, gone: Sequence[str], had_findings: set[str],
                            exists: Callable[[str], bool]) -> list[Run]:
         """After deleted files' findings were forgotten: the failing checks whose failure

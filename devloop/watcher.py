@@ -1,9 +1,12 @@
 """Recursive inotify: walk with pruning, new directories, moves, overflow -> rescan.
 
-Ignored directories never get a watch: the rules are applied while walking.
-Besides the watches, the watcher keeps a snapshot (mtime, size) of every file it
-can see, so that an event queue overflow is answered by a rescan that finds
-exactly what changed, and so that "the whole project" is known without a walk.
+Ignored directories never get a watch: the rules are applied while walking. The
+watcher keeps no state per file (for a million files that would be tens of MB): what
+changed while no event could tell (during the initial walk, before a directory had its
+watch, or in events lost to a queue overflow) is found by the files' ctime, which every
+write, rename, link and chmod sets to the present and which no program can set back.
+A directory that may have lost files no one named (moved out of the tree, or lost in an
+overflow) is reported as a change "dir/" (see `dir_mark`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import logging
 import os
 import stat
 import time
-from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +39,18 @@ DIR_MASK = (
     | flags.EXCL_UNLINK
 )
 READ_BYTES = 16 * 1024  # of events per callback (the kernel returns whole events): ~500
+SHORT_READ = READ_BYTES - 512  # a read this short emptied the queue (an event is < 300 B)
 SLICE_S = 0.002  # a walk yields to the event loop this often: an event waits for a slice or two
+CTIME_SLACK_NS = 50_000_000  # file times come from a coarse clock (a tick behind): a margin
 
-Stamp = int  # hash((mtime_ns, size)): one small int per file keeps 100k files in a few MB
+
+def dir_mark(reldir: str) -> str:
+    """The change "reldir/": files below reldir may be gone that no event named."""
+    return f"{reldir}/"
+
+
+def is_dir_mark(change: str) -> bool:
+    return change.endswith("/")
 
 
 class WatchLimitError(Exception):
@@ -74,141 +85,88 @@ def _join(reldir: str, name: str) -> str:
     return f"{reldir}/{name}" if reldir else name
 
 
-def scan_dir(root: str, reldir: str, rules: IgnoreRules, *, files: bool,
-             newer: tuple[int, int, set[str]] | None = None
-             ) -> tuple[list[str], dict[str, Stamp]]:
-    """One directory: its subdirectories and (with files=True) its files, ignored ones left out.
+def _list(path: str, reldir: str, since_ns: int | None = None
+          ) -> tuple[list[str], list[str], list[str]]:
+    """A directory's subdirectory names, its other names, and of those the ones whose
+    ctime is since_ns or later (nothing when the directory is gone).
 
-    The directory's own .gitignore (read only where there is one) applies to its entries.
-    newer=(lo, hi, found): files modified (mtime) from lo to hi ns are added to found.
+    Listed through a descriptor: an entry's stat is then an fstatat of its bare name,
+    not a lookup of its whole path again.
     """
-    stamps: dict[str, Stamp] = {}
+    dirs: list[str] = []
+    others: list[str] = []
+    recent: list[str] = []
     try:
-        with os.scandir(f"{root}/{reldir}" if reldir else root) as it:
-            entries = list(it)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
-        return [], stamps
-    dirs: list[str] = []
-    others: list[os.DirEntry[str]] = []
-    has_gitignore = False
-    for entry in entries:  # the hot loop of start-up: 100,000 entries and more
-        try:
-            if entry.is_dir(follow_symlinks=False):  # d_type: no system call
-                dirs.append(entry.name)
-                continue
-        except OSError:
-            continue  # gone since listed
-        if files:
-            others.append(entry)
-        elif entry.name == ".gitignore":
-            has_gitignore = True
-    has_gitignore = has_gitignore or any(e.name == ".gitignore" for e in others)
-    rules.load_dir(reldir, present=has_gitignore)  # before matching this directory's entries
-    prefix = f"{reldir}/" if reldir else ""
-    subdirs = [prefix + n for n in dirs if not rules.is_ignored(prefix + n, True)]
-    for entry in others:
-        if rules.is_ignored(prefix + entry.name, False):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        stamps[entry.name] = hash((st.st_mtime_ns, st.st_size))
-        if newer is not None and newer[0] <= st.st_mtime_ns <= newer[1]:
-            newer[2].add(prefix + entry.name)
-    return subdirs, stamps
+        return dirs, others, recent
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for entry in entries:  # the hot loop of start-up: a million entries and more
+            try:
+                if entry.is_dir(follow_symlinks=False):  # d_type: no system call
+                    dirs.append(entry.name)
+                    continue
+                if since_ns is not None and (
+                        entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns):
+                    recent.append(entry.name)
+            except OSError:
+                continue  # gone since listed: its deletion has its event, or a mark
+            others.append(entry.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", reldir or ".", exc.strerror)
+    finally:
+        os.close(fd)
+    return dirs, others, recent
+
+
+def scan_dir(root: str, reldir: str, rules: IgnoreRules) -> tuple[list[str], list[str]]:
+    """One directory: its subdirectories and its files (relative paths), ignored ones left
+    out; its own .gitignore (read only where there is one) applies to its entries."""
+    dirs, others, _ = _list(f"{root}/{reldir}" if reldir else root, reldir)
+    return _visible(rules, reldir, dirs, others), [
+        p for p in (_join(reldir, n) for n in others) if not rules.is_ignored(p, False)]
+
+
+def _visible(rules: IgnoreRules, reldir: str, dirs: list[str], others: list[str]) -> list[str]:
+    """Load reldir's .gitignore, then: its subdirectories that are not ignored."""
+    rules.load_dir(reldir, present=".gitignore" in others)
+    paths = (_join(reldir, n) for n in dirs)
+    return [p for p in paths if not rules.is_ignored(p, True)]
 
 
 def scan_files(root: Path, rules: IgnoreRules) -> Iterator[str]:
-    """Every file that is not ignored, without watching anything (for `devloop run`)."""
+    """Every file that is not ignored, without watching anything (whole-project runs)."""
     stack = [""]
     while stack:
-        reldir = stack.pop()
-        subdirs, stamps = scan_dir(str(root), reldir, rules, files=True)
+        subdirs, files = scan_dir(str(root), stack.pop(), rules)
         stack.extend(subdirs)
-        yield from (_join(reldir, name) for name in stamps)
-
-
-_NO_FILES = bytes(4)  # a packed directory without files (shared)
-
-
-class Snapshot:
-    """The stamp of every visible file, by directory.
-
-    A directory not changed since it was walked is kept packed in one bytes object:
-    its file count, its stamps, its names (100,000 files: about 3 MB, against about 15
-    for a dict of str -> int, and 4 for a string and an array per directory). It is
-    unpacked on its first change.
-    """
-
-    def __init__(self) -> None:
-        self._dirs: dict[str, dict[str, Stamp] | bytes] = {}
-
-    def dirs(self) -> list[str]:
-        return list(self._dirs)
-
-    def get(self, reldir: str) -> dict[str, Stamp]:
-        entry = self._dirs.get(reldir)
-        if entry is None:
-            return {}
-        if isinstance(entry, dict):
-            return entry
-        count = int.from_bytes(entry[:4], "little")
-        if not count:
-            return {}
-        stamps = array("q")
-        stamps.frombytes(memoryview(entry)[4:4 + 8 * count])
-        names = entry[4 + 8 * count:].decode("utf-8", "surrogateescape").split("\0")
-        return dict(zip(names, stamps, strict=True))
-
-    def put(self, reldir: str, files: dict[str, Stamp]) -> None:
-        if not files:
-            self._dirs[reldir] = _NO_FILES
-            return
-        self._dirs[reldir] = (len(files).to_bytes(4, "little")
-                              + array("q", files.values()).tobytes()
-                              + "\0".join(files).encode("utf-8", "surrogateescape"))
-
-    def update(self, reldir: str, name: str, stamp: Stamp | None) -> None:
-        files = self.get(reldir)
-        self._dirs[reldir] = files
-        if stamp is None:
-            files.pop(name, None)
-        else:
-            files[name] = stamp
-
-    def pop(self, reldir: str) -> list[str]:
-        """Forget the directory; returns its files' names."""
-        names = list(self.get(reldir))
-        self._dirs.pop(reldir, None)
-        return names
-
-    def files(self) -> Iterator[str]:
-        for reldir in list(self._dirs):
-            for name in self.get(reldir):
-                yield _join(reldir, name)
+        yield from files
 
 
 class Watcher:
-    """Owns the inotify fd. Call `walk_all()` to start, then feed it with `read_events()`."""
+    """Owns the inotify fd. Call `walk_all()` to start, then feed it with `read_events()`.
+
+    Per watched directory, two table entries (wd -> path, path -> wd): about 190 bytes.
+    """
 
     def __init__(self, root: Path, rules: IgnoreRules) -> None:
         self.root = root
-        self._root = str(root)  # the walk joins strings: pathlib is too slow for 100k files
+        self._root = str(root)  # the walk joins strings: pathlib is too slow for 100k dirs
         self.rules = rules
         self.inotify = INotify(nonblocking=True)
         self._wd_dir: dict[int, str] = {}
         self._dir_wd: dict[str, int] = {}
-        self.snapshot = Snapshot()
         self.rescans = 0
         self.overflows = 0  # rescans that answered an inotify queue overflow
         self._overflowed = False  # an overflow not yet answered by a rescan
+        self._empty_at_ns = 0  # when the event queue was last seen empty: nothing lost before
+        self._lost_since_ns = 0  # an overflow lost events from then on
         self.root_gone = False
         self.unwatched: set[str] = set()  # directories we could not watch (limit reached)
-        self._unsnapped: set[str] = set()  # watched, files not yet in the snapshot
-        self._children: dict[str, set[str]] = {}  # watched directory -> its watched subdirs
         self.new_dirs: list[str] = []  # created or moved in, to walk (`walk_new_dirs`)
         self._exclude_wd: int | None = None  # .git/info: the walk never enters .git
 
@@ -229,54 +187,43 @@ class Watcher:
     def close(self) -> None:
         self.inotify.close()
 
-    def all_files(self) -> Iterator[str]:
-        return self.snapshot.files()
-
-    def walk_all(self, strict: bool = True) -> Iterator[int]:
+    def walk_all(self, changes: set[str], since_ns: int | None) -> Iterator[int]:
         """The initial walk, as slices: yields the number of directories walked so far.
 
-        It places the watches and lists directories only; `fill_snapshot` then stats
-        the files, after READY. With strict=True an ENOSPC ends the walk in
-        WatchLimitError, after counting how many directories the project has, never
-        leaving a silent half-watch.
+        since_ns (the walk's start): a file whose ctime is later is added to `changes`, as
+        it may have changed before its directory was watched; None: the caller needs no
+        such changes (every check runs over the whole project at start), so no file is
+        stat'ed. An ENOSPC ends the walk in WatchLimitError, after counting how many
+        directories the project has, never leaving a silent half-watch.
         """
+        self._empty_at_ns = since_ns if since_ns is not None else time.time_ns()
         self._watch_exclude()
-        yield from self._walk("", None, strict=strict, files=False)
+        yield from self._walk("", changes, strict=True, since_ns=since_ns, fresh=False)
 
-    def fill_snapshot(self, since_ns: int, until_ns: int, changes: set[str]) -> Iterator[int]:
-        """Stat the files of the directories the initial walk only listed, in slices.
+    def rescan(self, changes: set[str], old_rules: IgnoreRules | None = None) -> Iterator[int]:
+        """Walk the tree again, adding to `changes` what events did not tell.
 
-        A file modified from `since_ns` (the walk's start) to `until_ns` (its end) is
-        added to `changes`: it may have changed before its directory was watched. A later
-        change has its event (or, lost to an overflow, the rescan finds it): counting it
-        here too would run its check twice.
+        After an overflow: files whose ctime is later than the last moment the event
+        queue was seen empty, and a mark for each directory whose entries changed since.
+        old_rules (the rules changed): the files that they hid and the new ones do not.
+        A directory not watched before is new: all its files are changes.
         """
-        done = 0
-        slice_end = time.perf_counter() + SLICE_S
-        while self._unsnapped:
-            reldir = self._unsnapped.pop()
-            if reldir in self._dir_wd:
-                self.snapshot.put(reldir, scan_dir(self._root, reldir, self.rules, files=True,
-                                                   newer=(since_ns, until_ns, changes))[1])
-            done += 1
-            if time.perf_counter() >= slice_end:
-                yield done
-                slice_end = time.perf_counter() + SLICE_S
-        yield done
-
-    def rescan(self, changes: set[str]) -> Iterator[int]:
-        """Compare the tree with the snapshot, adding the differences to `changes`."""
         self.rescans += 1
+        since_ns = None
         if self._overflowed:
             self._overflowed = False
             self.overflows += 1
+            since_ns = self._lost_since_ns
         self._watch_exclude()
         before = set(self._dir_wd)  # not those watched while the rescan runs
         visited: set[str] = set()
-        yield from self._walk("", changes, visited=visited)
+        yield from self._walk("", changes, visited=visited, since_ns=since_ns,
+                              old_rules=old_rules)
         for reldir in before - visited:
             if reldir in self._dir_wd:
-                changes |= self._drop_tree(reldir)
+                self._drop(reldir)
+                if not os.path.lexists(self._abs(reldir)):  # gone, not just ignored now
+                    changes.add(dir_mark(reldir))
 
     def retry_unwatched(self) -> None:
         """Queue the directories the watch limit left out, to try watching them again
@@ -284,7 +231,7 @@ class Watcher:
         self.new_dirs.extend(d for d in sorted(self.unwatched) if d not in self.new_dirs)
 
     def walk_new_dirs(self, changes: set[str]) -> Iterator[int]:
-        """Watch, then scan, the directories created or moved in: their files are changes."""
+        """Watch, then list, the directories created or moved in: their files are changes."""
         while self.new_dirs:
             rel = self.new_dirs.pop(0)
             if self.rules.is_ignored(rel, True):
@@ -301,17 +248,25 @@ class Watcher:
         changes: set[str] = set()
         overflow = False
         chunks = []
+        empty_at_ns = None  # the queue held nothing more at this time
         while True:
+            asked_ns = time.time_ns()
             try:
                 chunk = os.read(self.fileno(), READ_BYTES)
             except BlockingIOError:
+                empty_at_ns = asked_ns
                 break
             chunks.append(chunk)
+            if len(chunk) < SHORT_READ:
+                empty_at_ns = asked_ns
             if not (drain and chunk):
                 break
+        moved_away: list[str] = []
         for ev in parse_events(b"".join(chunks)):
             mask = ev.mask
             if mask & flags.Q_OVERFLOW:
+                if not self._overflowed:
+                    self._lost_since_ns = self._empty_at_ns - CTIME_SLACK_NS
                 overflow = self._overflowed = True
                 continue
             if ev.wd == self._exclude_wd:
@@ -334,10 +289,15 @@ class Watcher:
             if mask & flags.ISDIR:
                 if self.rules.is_ignored(rel, True):
                     continue
-                if mask & (flags.DELETE | flags.MOVED_FROM):
-                    changes |= self._drop_tree(rel)
+                if mask & flags.DELETE:
+                    # its files had their own events, and each watch below its IN_IGNORED
+                    self._drop(rel, rm_watch=False)
+                    self._forget_below(rel)
+                elif mask & flags.MOVED_FROM:
+                    moved_away.append(rel)
+                    changes.add(dir_mark(rel))
                 elif mask & (flags.CREATE | flags.MOVED_TO):
-                    # walked in slices off this callback: watched first, then scanned, so
+                    # walked in slices off this callback: watched first, then listed, so
                     # files written in the same instant are found
                     self.new_dirs.append(rel)
                 continue
@@ -346,28 +306,25 @@ class Watcher:
                 continue
             if self.rules.is_ignored(rel, False):
                 continue
-            st = self._stamp(reldir, ev.name)
-            if (mask & flags.CREATE and st is not None and stat.S_ISREG(st.st_mode)
-                    and st.st_nlink == 1):
-                # a new file being written: its IN_CLOSE_WRITE follows, and one save must
-                # be one change (a hard link, nlink > 1, gets no close: it counts now)
-                continue
+            if mask & flags.CREATE:
+                try:
+                    st = os.lstat(self._abs(rel))
+                except OSError:
+                    st = None
+                if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    # a new file being written: its IN_CLOSE_WRITE follows, and one save
+                    # must be one change (a hard link, nlink > 1, gets no close: it counts now)
+                    continue
             changes.add(rel)
+        if moved_away:
+            self._drop_trees(moved_away)  # one pass over the tables for a whole batch
+        if empty_at_ns is not None and not overflow:  # (an overflow's events went before)
+            self._empty_at_ns = empty_at_ns
         return changes, overflow
 
     # -- internals ------------------------------------------------------------------
     def _abs(self, rel: str) -> str:
         return f"{self._root}/{rel}" if rel else self._root
-
-    def _stamp(self, reldir: str, name: str) -> os.stat_result | None:
-        try:
-            st = os.lstat(self._abs(_join(reldir, name)))
-        except OSError:
-            self.snapshot.update(reldir, name, None)
-            return None
-        stamp = None if stat.S_ISDIR(st.st_mode) else hash((st.st_mtime_ns, st.st_size))
-        self.snapshot.update(reldir, name, stamp)
-        return st
 
     def _watch_exclude(self) -> None:
         """A watch of its own for .git/info (.git has too much churn to watch it all)."""
@@ -393,27 +350,30 @@ class Watcher:
             self._wd_dir.pop(old, None)
         self._wd_dir[wd] = reldir
         self._dir_wd[reldir] = wd
-        if reldir:
-            self._children.setdefault(reldir.rpartition("/")[0], set()).add(reldir)
         return wd
 
     def _walk(
         self,
         top: str,
-        changes: set[str] | None,
+        changes: set[str],
         *,
         strict: bool = False,
         visited: set[str] | None = None,
-        files: bool = True,
+        since_ns: int | None = None,
+        old_rules: IgnoreRules | None = None,
+        fresh: bool = True,
     ) -> Iterator[int]:
-        """Watch top and below; snapshot their files, adding differences to `changes`."""
+        """Watch top and below, adding to `changes` the files of directories new to us
+        (fresh=True), those with a ctime from since_ns on, and those old_rules hid."""
         stack = [top]
         walked = 0
         slice_end = time.perf_counter() + SLICE_S
         counting = False  # strict, after an ENOSPC: only counting what the project needs
         needed = 0
+        rules = self.rules
         while stack:
             reldir = stack.pop()
+            known = reldir in self._dir_wd
             if counting:
                 needed += 1
             else:
@@ -431,20 +391,17 @@ class Watcher:
                     needed += 1
             if visited is not None:
                 visited.add(reldir)
-            subdirs, stamps = scan_dir(self._root, reldir, self.rules, files=files)
-            stack.extend(subdirs)
-            if counting:
-                pass
-            elif not files:
-                self._unsnapped.add(reldir)
-            else:
-                self._unsnapped.discard(reldir)
-                if changes is not None:
-                    old = self.snapshot.get(reldir)
-                    changes.update(_join(reldir, n) for n, st in stamps.items()
-                                   if old.get(n) != st)
-                    changes.update(_join(reldir, n) for n in old.keys() - stamps.keys())
-                self.snapshot.put(reldir, stamps)
+            new = fresh and not known
+            dirs, others, recent = _list(self._abs(reldir), reldir,
+                                         None if counting or new else since_ns)
+            stack.extend(_visible(rules, reldir, dirs, others))
+            if not counting and others:
+                self._changed_files(reldir, others if new else recent, others, changes,
+                                    old_rules=None if new else old_rules)
+            if not counting and known and since_ns is not None:
+                with contextlib.suppress(OSError):  # entries added, renamed or removed
+                    if os.stat(self._abs(reldir)).st_ctime_ns >= since_ns:
+                        changes.add(dir_mark(reldir))
             walked += 1
             if time.perf_counter() >= slice_end:
                 yield walked
@@ -453,6 +410,18 @@ class Watcher:
             raise WatchLimitError(self.watch_count + needed)
         yield walked
 
+    def _changed_files(self, reldir: str, names: list[str], others: list[str],
+                       changes: set[str], *, old_rules: IgnoreRules | None) -> None:
+        """Of reldir's files `names`, and (old_rules given) those of `others` the old rules
+        hid, the ones the rules do not ignore are changes. The rules are matched last:
+        they cost more than a stat, and most files are no candidates."""
+        if old_rules is not None and not old_rules.same_for(self.rules, reldir):
+            names = names + [n for n in others if old_rules.is_ignored(_join(reldir, n), False)]
+        for name in names:
+            rel = _join(reldir, name)
+            if not self.rules.is_ignored(rel, False):
+                changes.add(rel)
+
     def _settled(self, reldir: str) -> None:
         """reldir is watched now, or needs no watch: it leaves `unwatched`."""
         if self.unwatched:
@@ -460,40 +429,41 @@ class Watcher:
             if not self.unwatched:
                 log.info("every directory is watched again")
 
-    def _cannot_watch(self, reldir: str, changes: set[str] | None) -> None:
+    def _cannot_watch(self, reldir: str, changes: set[str]) -> None:
         """The watch limit left reldir out: it and what is below wait in `unwatched`."""
         if not self.unwatched:  # log entering the state, once
             log.error("%s", watch_limit_message(self.watch_count + 1, max_user_watches()))
         if reldir in self._dir_wd:
             # watched before, yet a new watch was needed: a new directory under the same
-            # name (its old one went in an overflow); what was known below it is gone
-            gone = self._drop_tree(reldir)
-            if changes is not None:
-                changes |= gone
+            # name (its old one went in an overflow); what was below it is gone
+            self._drop_trees([reldir])
+            changes.add(dir_mark(reldir))
         self.unwatched.add(reldir)
 
-    def _drop_tree(self, reldir: str) -> set[str]:
-        """Forget reldir and below (deleted or moved away): its files count as changed."""
-        gone: set[str] = set()
-        if reldir:
-            self._children.get(reldir.rpartition("/")[0], set()).discard(reldir)
-        stack = [reldir]
-        while stack:  # only this subtree: a big `rm -rf` stays linear
-            d = stack.pop()
-            stack.extend(self._children.pop(d, ()))
-            gone.update(_join(d, name) for name in self.snapshot.pop(d))
-            self._unsnapped.discard(d)
-            wd = self._dir_wd.pop(d, None)
-            if wd is not None:
-                self._wd_dir.pop(wd, None)
+    def _drop(self, reldir: str, *, rm_watch: bool = True) -> None:
+        wd = self._dir_wd.pop(reldir, None)
+        if wd is not None:
+            self._wd_dir.pop(wd, None)
+            if rm_watch:
                 with contextlib.suppress(OSError):  # already gone with its directory
                     self.inotify.rm_watch(wd)
+
+    def _drop_trees(self, tops: list[str]) -> None:
+        """Forget these directories and everything below them (moved away): one pass over
+        the watched directories, as they are not kept as a tree."""
+        prefixes = tuple(dir_mark(t) for t in tops)
+        tops_set = set(tops)
+        for reldir in [d for d in self._dir_wd if d in tops_set or d.startswith(prefixes)]:
+            self._drop(reldir)
+        for top in tops:
+            self._forget_below(top)
+
+    def _forget_below(self, reldir: str) -> None:
         if self.unwatched:
-            prefix = reldir + "/"
+            prefix = dir_mark(reldir)
             self.unwatched = {d for d in self.unwatched
                               if not (d == reldir or d.startswith(prefix))}
         self.rules.forget_dir(reldir)
-        return gone
 
     def _forget_wd(self, wd: int) -> None:
         reldir = self._wd_dir.pop(wd, None)

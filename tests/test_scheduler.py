@@ -106,7 +106,7 @@ def test_a_save_just_after_a_looping_checks_run_is_checked(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         watcher = Watcher(root, IgnoreRules(root))
-        for _ in watcher.walk_all():
+        for _ in watcher.walk_all(set(), None):
             pass
 
         def edit() -> None:  # as soon as the loop's last run is over, within its tail

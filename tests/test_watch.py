@@ -9,23 +9,28 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from daemon_proc import (
+    RECORD,
     DaemonProc,
+    devloop,
     inotify_watches,
     ran_files,
+    read_runs,
     record_check,
     status_json,
     wait_for,
 )
+from test_results import lint_check
 
 from devloop.core.daemon_health import check_daemon_health
 from devloop.ignore import IgnoreRules
 from devloop.store import Store
-from devloop.watcher import Snapshot
+from devloop.watcher import CTIME_SLACK_NS, Watcher
 
 Start = Callable[..., DaemonProc]
 
@@ -112,12 +117,6 @@ def many_dirs(big_dir: Path) -> Path:
     return make_tree(big_dir / "many_dirs", 40_000, 0)
 
 
-@pytest.fixture(scope="module")
-def many_files(big_dir: Path) -> Path:
-    """Quick to walk, long to snapshot: 1,000 directories of 100 files."""
-    return make_tree(big_dir / "many_files", 1_000, 100)
-
-
 def test_sigterm_during_the_initial_walk_does_not_wait_for_it(many_dirs: Path,
                                                               start_daemon: Start) -> None:
     d = start_daemon(many_dirs, ready=False)
@@ -130,15 +129,6 @@ def test_sigterm_during_the_initial_walk_does_not_wait_for_it(many_dirs: Path,
     assert not d.sent("READY=1")
     assert "stopped during the initial walk, after" in d.log
     assert "watching" not in d.log  # the walk's end was never reached
-
-
-def test_sigterm_during_the_snapshot_does_not_wait_for_it(many_files: Path,
-                                                          start_daemon: Start) -> None:
-    d = start_daemon(many_files)
-    d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(120) == 0
-    assert "stopped before the snapshot of the files was complete" in d.log
-    assert "snapshot of the files complete" not in d.log
 
 
 def test_a_change_to_git_info_exclude_reloads_the_rules(project: Path, tmp_path: Path,
@@ -202,16 +192,67 @@ def test_forget_files_is_one_transaction(tmp_path: Path) -> None:
         "BEGIN IMMEDIATE", "COMMIT"]
 
 
-def test_a_packed_snapshot_gives_back_every_name_and_stamp() -> None:
-    snap = Snapshot()
-    files = {"a.txt": 1, "x\udcffy": -(2**63), "new\nline": 2**63 - 1, " -z": 0}
-    snap.put("d", files)
-    snap.put("empty", {})
-    assert snap.get("d") == files
-    assert snap.get("empty") == {}
-    assert sorted(snap.files()) == sorted(f"d/{n}" for n in files)
-    snap.update("d", "a.txt", None)  # unpacked on its first change
-    assert snap.pop("d") == [n for n in files if n != "a.txt"]
+def test_the_walk_reports_the_files_changed_since_it_began(tmp_path: Path) -> None:
+    """By ctime, which a write sets and no program can set back: not an old mtime."""
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "old.txt").write_text("old")
+    (tmp_path / "d" / "e" / "old.log").write_text("ignored")
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    time.sleep(0.2)  # file times come from a coarse clock: keep clear of its tick
+    since = time.time_ns() - CTIME_SLACK_NS
+    time.sleep(0.2)
+    (tmp_path / "d" / "e" / "new.txt").write_text("new")
+    (tmp_path / "d" / "e" / "new.log").write_text("new, but ignored")
+    (tmp_path / "d" / "restored.txt").write_text("x")
+    os.utime(tmp_path / "d" / "restored.txt", (0, 0))  # tar, cp -p: an mtime from the past
+    found: set[str] = set()
+    watcher = Watcher(tmp_path, IgnoreRules(tmp_path))
+    try:
+        for _ in watcher.walk_all(found, since):
+            pass
+        assert found == {"d/e/new.txt", "d/restored.txt"}
+        assert watcher.watch_count == 3
+        skipped: set[str] = set()
+        for _ in Watcher(tmp_path, IgnoreRules(tmp_path)).walk_all(skipped, None):
+            pass
+        assert skipped == set()  # every check runs at start: nothing is stat'ed
+    finally:
+        watcher.close()
+
+
+def test_a_directory_moved_out_takes_its_findings_and_arms_whole_project_checks(
+        project: Path, tmp_path: Path, start_daemon: Start) -> None:
+    """No list of its files is kept: its mark does both (and a check given files is not
+    run for files that are gone)."""
+    whole = tmp_path / "whole.jsonl"
+    (project / "devloop.toml").write_text(
+        lint_check(tmp_path) + "[checks.whole]\n"
+        + record_check(whole, ["*.py"], command=[sys.executable, RECORD, str(whole)]))
+    (project / "pkg" / "sub").mkdir(parents=True)
+    start_daemon(project)
+    (project / "pkg" / "sub" / "bad.py").write_text("BAD = 1\n")
+    r = devloop("status", str(project), "--wait", "--timeout", "60")
+    assert r.returncode == 1 and "pkg/sub/bad.py:1:" in r.stdout
+    runs = len(read_runs(whole))
+    assert runs >= 1
+    os.rename(project / "pkg", tmp_path / "elsewhere")
+    r = devloop("status", str(project), "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stdout
+    assert len(read_runs(whole)) == runs + 1
+
+
+def test_a_rule_removed_makes_its_files_changes(project: Path, tmp_path: Path,
+                                                start_daemon: Start) -> None:
+    log = tmp_path / "runs.jsonl"
+    (project / "devloop.toml").write_text("[checks.all]\n" + record_check(log, ["*.txt"]))
+    (project / "a").mkdir()
+    (project / "a" / ".gitignore").write_text("hidden.txt\n")
+    (project / "a" / "hidden.txt").write_text("x")
+    (project / "a" / "seen.txt").write_text("x")
+    start_daemon(project)
+    (project / "a" / ".gitignore").write_text("# nothing hidden now\n")
+    wait_for(lambda: "a/hidden.txt" in ran_files(log), what="the file the rule hid")
+    assert "a/seen.txt" not in ran_files(log)  # visible before: not a change
 
 
 def test_ignore_rules_agree_with_git_check_ignore(tmp_path: Path) -> None:

@@ -80,15 +80,19 @@ def _digest(path: Path) -> bytes | None:
 
 
 async def _select(items: Iterable[str], keep: Callable[[str], bool]) -> list[str]:
-    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S."""
+    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S.
+
+    It yields between items only: selecting the one file of a save's run, however slow
+    (the process preempted), must not let the daemon's bookkeeping go before the run.
+    """
     kept = []
     slice_end = time.perf_counter() + SLICE_S
-    for item in items:
-        if keep(item):
-            kept.append(item)
-        if time.perf_counter() >= slice_end:
+    for n, item in enumerate(items):
+        if n and time.perf_counter() >= slice_end:
             await asyncio.sleep(0)
             slice_end = time.perf_counter() + SLICE_S
+        if keep(item):
+            kept.append(item)
     kept.sort()
     return kept
 

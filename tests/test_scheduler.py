@@ -219,3 +219,14 @@ def test_adapters_are_found_with_the_config_not_between_a_change_and_its_run(
     asyncio.run(main())
     assert [r.outcome for r in results] == ["pass"]
     assert found == ["(ran)", "a"]  # none for the run; a changed check: its adapter anew
+
+
+def test_selecting_the_one_file_of_a_run_never_yields(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slice used up (here: at once) on the way to a run of one file must not hand the
+    loop to whatever else waits (the daemon's database writes) before the run starts."""
+    monkeypatch.setattr(scheduler_mod, "SLICE_S", -1.0)
+    steps = scheduler_mod._select(["a.txt"], lambda _: True)
+    with pytest.raises(StopIteration) as done:
+        steps.send(None)  # the first step already returns: no await in between
+    assert done.value.value == ["a.txt"]

@@ -274,8 +274,8 @@ class Daemon:
     async def _sliced(self, slices: Iterator[int]) -> bool:
         """Run a walk a slice per turn of the loop; False when stopped meanwhile.
 
-        After an event, the walk skips two turns: its check's debounce timer (0 ms) fires
-        in the next one and the run starts in the one after, before the next slice.
+        After an event, the walk skips two turns: a check with debounce_ms = 0 starts its
+        process in the first (the scheduler fires it without a timer), before the next slice.
         """
         for _ in slices:
             await asyncio.sleep(0)

@@ -122,8 +122,12 @@ class CheckRun:
     """One run of one check. `await run()`; `cancel()` stops it from elsewhere on the loop."""
 
     def __init__(self, check: Check, root: Path, files: Sequence[str], *, whole: bool,
-                 environ: Mapping[str, str], ledger: GroupLedger | None = None) -> None:
+                 environ: Mapping[str, str], ledger: GroupLedger | None = None,
+                 adapter: tools.Adapter | None = None) -> None:
         self.check = check
+        # None: found now (the scheduler finds it with the config, so that importing the
+        # adapters is not the first save's wait)
+        self.adapter = tools.adapter_for(check) if adapter is None else adapter
         self.ledger = ledger
         self.root = root
         self.files = tuple(files)
@@ -138,7 +142,7 @@ class CheckRun:
     async def run(self) -> tuple[Run, list[Finding]]:
         started = time.time()
         t0 = time.monotonic()
-        adapter = tools.adapter_for(self.check)
+        adapter = self.adapter
         temporary: Path | None = None
         try:
             cache = tool_env.cache_dir(self.root, self.environ)
@@ -185,12 +189,7 @@ class CheckRun:
     async def _run_batch(self, adapter: tools.Adapter, files: Sequence[str],
                          env: dict[str, str], cache: Path, timeout: float,
                          ) -> tuple[int | None, Outcome, str, tools.Report]:
-        try:
-            runs = cache / "runs"
-            runs.mkdir(mode=0o700, exist_ok=True)
-            report_dir = Path(tempfile.mkdtemp(prefix="run.", dir=runs))
-        except OSError:  # a cache that cannot take more (read-only, full): elsewhere
-            report_dir = Path(tempfile.mkdtemp(prefix="devloop-run-"))
+        report_dir = _report_dir(cache) if adapter.wants_report_dir else None
         try:
             inv = tools.Invocation(argv=build_argv(self.check, files), env=env, root=self.root,
                                    files=tuple(files), whole=self.whole,
@@ -204,7 +203,8 @@ class CheckRun:
                 return None, "error", msg, tools.Report(reason=msg)
             return await self._spawn(adapter, inv, timeout)
         finally:
-            shutil.rmtree(report_dir, ignore_errors=True)
+            if report_dir is not None:
+                shutil.rmtree(report_dir, ignore_errors=True)
 
     async def _spawn(self, adapter: tools.Adapter, inv: tools.Invocation, timeout: float,
                      ) -> tuple[int | None, Outcome, str, tools.Report]:
@@ -335,6 +335,16 @@ class CheckRun:
             counts=report.counts,
             reason=report.reason,
         )
+
+
+def _report_dir(cache: Path) -> Path:
+    """A new private directory for one run's report, in the cache if it can take one."""
+    try:
+        runs = cache / "runs"
+        runs.mkdir(mode=0o700, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="run.", dir=runs))
+    except OSError:  # a cache that cannot take more (read-only, full): elsewhere
+        return Path(tempfile.mkdtemp(prefix="devloop-run-"))
 
 
 _cache_trouble = Trouble(log, "the tool cache directory works again", logging.WARNING)

@@ -49,6 +49,7 @@ ResultHandler = Callable[[Run, list[Finding]], None]
 @dataclass(eq=False)
 class _State:
     check: Check
+    adapter: tools.Adapter  # found with the config, not on the way from a save to its run
     pending: set[str] = field(default_factory=set)
     whole: bool = False  # a run of the whole project is pending
     first_change: float | None = None  # of the current debounce window
@@ -79,15 +80,19 @@ def _digest(path: Path) -> bytes | None:
 
 
 async def _select(items: Iterable[str], keep: Callable[[str], bool]) -> list[str]:
-    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S."""
+    """The items keep() accepts, sorted; the loop runs other callbacks every SLICE_S.
+
+    It yields between items only: selecting the one file of a save's run, however slow
+    (the process preempted), must not let the daemon's bookkeeping go before the run.
+    """
     kept = []
     slice_end = time.perf_counter() + SLICE_S
-    for item in items:
-        if keep(item):
-            kept.append(item)
-        if time.perf_counter() >= slice_end:
+    for n, item in enumerate(items):
+        if n and time.perf_counter() >= slice_end:
             await asyncio.sleep(0)
             slice_end = time.perf_counter() + SLICE_S
+        if keep(item):
+            kept.append(item)
     kept.sort()
     return kept
 
@@ -127,12 +132,12 @@ class Scheduler:
         self._states = {}
         added = []
         for check in config.checks:
-            tools.adapter_for(check)  # its module imported now, not on the first run (14 ms)
+            adapter = tools.adapter_for(check)  # imported now, not on the first run (14 ms)
             state = old.pop(check.name, None)
             if state is None:
-                state = _State(check)
+                state = _State(check, adapter)
                 added.append(check.name)
-            state.check = check
+            state.check, state.adapter = check, adapter
             self._states[check.name] = state
         for state in old.values():
             self._cancel(state)
@@ -253,6 +258,12 @@ class Scheduler:
         if state.settling and not now:  # still the storm that queued a rerun: keep waiting
             since = state.pending_since if state.pending_since is not None else t
             when = min(max(when, t + QUEUE_SETTLE_S), since + MAX_WAIT_S)
+        if when <= t:
+            # due now (debounce_ms = 0): a timer would cost a turn of the loop, and let what
+            # else this turn queued (the published state, a database write) go before the
+            # run; changes read later in this turn still join it (its task takes them).
+            self._fire(state)
+            return
         state.timer = loop.call_at(when, self._fire, state)
 
     def _settle(self, state: _State) -> bool:
@@ -356,7 +367,8 @@ class Scheduler:
                     if state.looping:
                         state.seen = {f: _digest(self.root / f) for f in state.looping}
                     state.current = CheckRun(state.check, self.root, files, whole=whole,
-                                             environ=self.environ, ledger=self.ledger)
+                                             environ=self.environ, ledger=self.ledger,
+                                             adapter=state.adapter)
                     if self.on_state is not None:
                         self.on_state()
                     try:

@@ -363,6 +363,19 @@ def test_forty_thousand_files_are_split_below_arg_max_and_merged(project: Path,
     assert "argument list too long" not in r.stdout
 
 
+def test_only_adapters_that_read_a_report_file_get_a_report_directory(proj: Path) -> None:
+    """Making a directory is syscalls between a save and its run: a generic check gets
+    none; ruff writes its report in a private one, removed after the run."""
+    (proj / "a.py").write_text("import os\n")
+    runs = proj / ".devloop" / "cache" / "runs"
+    run, _ = run_check(proj, check('command = ["true", "{files}"]\npatterns = ["*.py"]\n'))
+    assert run.outcome == "pass" and not runs.exists()
+    run, found = run_check(proj, check('command = ["ruff", "check", "{files}"]\n'
+                                       'patterns = ["*.py"]\n'))
+    assert [f.code for f in found] == ["F401"], run.output
+    assert runs.is_dir() and list(runs.iterdir()) == []
+
+
 def test_a_planted_cache_symlink_is_refused(project: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

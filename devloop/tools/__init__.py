@@ -47,8 +47,16 @@ class Invocation:
     root: Path
     files: tuple[str, ...]
     whole: bool  # the whole project, not just the files that changed
-    report_dir: Path  # private to this run (0700, empty), removed after parse()
+    # private to this run (0700, empty), removed after parse(); made only for an adapter
+    # that `wants_report_dir` (a directory costs syscalls between a change and its run)
+    report_dir: Path | None
     cache_dir: Path  # the project's tool caches (.devloop/cache or CacheDirectory=)
+
+    def report_file(self, name: str) -> Path:
+        """`name` in the run's report directory (see `Adapter.wants_report_dir`)."""
+        if self.report_dir is None:
+            raise RuntimeError("this adapter has no report directory: set wants_report_dir")
+        return self.report_dir / name
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class Adapter:
     # It checks the whole program whatever changed (mypy): one run, never split, and its
     # findings replace all the check's earlier ones.
     whole_program: ClassVar[bool] = False
+    wants_report_dir: ClassVar[bool] = False  # it points the tool's report at a file there
 
     def matches(self, argv: tuple[str, ...]) -> bool:
         if not argv:

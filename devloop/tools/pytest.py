@@ -52,9 +52,10 @@ class Pytest(generic.Generic):
     name = "pytest"
     executables = ("pytest", "py.test")
     modules = ("pytest",)
+    wants_report_dir = True
 
     async def prepare(self, inv: Invocation) -> None:
-        extra = [f"--junitxml={inv.report_dir / REPORT_NAME}", "-o", "junit_family=xunit1",
+        extra = [f"--junitxml={inv.report_file(REPORT_NAME)}", "-o", "junit_family=xunit1",
                  "-o", "junit_logging=no", "--continue-on-collection-errors", "-p", PLUGIN]
         # testmon needs pytest's cache plugin (it fails on `-p no:cacheprovider`)
         off = "--no-testmon" in inv.argv or any("no:cacheprovider" in a for a in inv.argv)
@@ -66,7 +67,7 @@ class Pytest(generic.Generic):
         _use_plugin(inv.env, inv.cache_dir)
 
     def parse(self, inv: Invocation, done: Finished) -> Report:
-        path = inv.report_dir / REPORT_NAME
+        path = inv.report_file(REPORT_NAME)
         selecting = "--testmon" in inv.argv
         if not path.exists():  # usage error, a broken conftest.py, a crash
             report = super().parse(inv, done)

@@ -47,19 +47,20 @@ class Ruff(generic.Generic):
     name = "ruff"
     executables = ("ruff",)
     modules = ("ruff",)
+    wants_report_dir = True
 
     async def prepare(self, inv: Invocation) -> None:
         at = _subcommand_index(inv.argv)
         if at is None:
             return
         inv.argv[:] = [*inv.argv[:at + 1], "--output-format=json",
-                       f"--output-file={inv.report_dir / REPORT_NAME}",
+                       f"--output-file={inv.report_file(REPORT_NAME)}",
                        *_without_output_options(inv.argv[at + 1:])]
 
     def parse(self, inv: Invocation, done: Finished) -> Report:
         if done.exit_code == 2:  # "ruff failed": configuration or internal error
             return Report(reason=generic.failure_reason(done), outcome="error")
-        path = inv.report_dir / REPORT_NAME
+        path = inv.report_file(REPORT_NAME)
         if not path.exists():
             # not `ruff check`, or the report went elsewhere: JSON on stdout, else text
             data = findings.json_in_text(done.stdout.text) if done.stdout.complete else None

@@ -144,7 +144,7 @@ class Daemon:
                 return self.exit_code  # stopped meanwhile: a stop never waits for the walk
             loop.add_reader(self.watcher.fileno(), self._on_inotify)
             self.scheduler = Scheduler(self.root, self.config, self._on_result,
-                                       lambda: scan_files(self.root, self.watcher.rules),
+                                       self._all_files,
                                        ledger=self.ledger, on_state=self._publish_soon)
             self._heartbeat()
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
@@ -166,6 +166,12 @@ class Daemon:
         finally:
             await self._shutdown()
         return self.exit_code
+
+    def _all_files(self) -> Iterator[str]:
+        """For a whole-project run: with rules of its own, as a listing loads each
+        .gitignore anew and the watcher's rules must keep what they were (a reload
+        compares them with the new ones)."""
+        return scan_files(self.root, IgnoreRules(self.root, self.config.ignore))
 
     async def _initial_walk(self, changes: set[str], since_ns: int | None) -> bool:
         """Place the watches; False when stopped meanwhile."""

@@ -6,6 +6,7 @@ Paths are relative to the project root, with '/' separators.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -113,6 +114,14 @@ class IgnoreRules:
         else:
             self._by_dir.pop(reldir, None)
             self._lines.pop(reldir, None)
+
+    def copy(self) -> IgnoreRules:
+        """The rules as they are, apart from later loads: a rescan reads each .gitignore it
+        passes anew, and what the rules hid before is compared with this."""
+        other = copy.copy(self)
+        other._by_dir = dict(self._by_dir)
+        other._lines = dict(self._lines)
+        return other
 
     def forget_dir(self, reldir: str) -> None:
         """Drop the rules of reldir and everything below it (it was deleted or moved away)."""

@@ -208,16 +208,21 @@ class Watcher:
         entries changed since.
         Neither an overflow nor a reload (old_rules): the daemon lost a batch of events
         to an error, found the same way as after an overflow.
-        old_rules (the rules changed): the files that they hid and the new ones do not.
-        A directory not watched before is new: all its files are changes.
+        Files the old rules hid and the rules do not are changes: old_rules, a reload's
+        (the rules changed), else the rules as they were before this rescan, which reads
+        each .gitignore anew (one edited meanwhile un-hides files too). A directory not
+        watched before is new: all its files are changes.
         """
         self.rescans += 1
+        reload = old_rules is not None
+        if old_rules is None:  # an edit of a .gitignore may be among what it finds
+            old_rules = self.rules.copy()
         since_ns = None
         if self._overflowed:
             self._overflowed = False
             self.overflows += 1
             since_ns = self._lost_since_ns
-        elif old_rules is None:  # not a reload's: events were lost to an error reading them
+        elif not reload:  # events were lost to an error reading them
             since_ns = self._empty_at_ns - CTIME_SLACK_NS
         self._watch_exclude()
         if since_ns is not None:  # outside the walk: its events may have been lost too

@@ -80,11 +80,6 @@ def settled(root: Path) -> str:
     return r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the overflow's rescan loads a/.gitignore anew into the rules in force, which the "
-    "reload then takes as its old rules: no difference, so a/hidden.txt is never a "
-    "change. Fix (needs ignore.py): IgnoreRules.copy() (its per-directory dicts copied) "
-    "and, in Watcher.rescan, old_rules = self.rules.copy() when it answers an overflow"))
 def test_a_gitignore_edit_lost_in_an_overflow_still_runs_the_files_it_unhides(
         project: Path, tmp_path: Path, start_daemon: Start) -> None:
     """The rescan reads a/.gitignore anew into the rules in force, so the reload it
@@ -253,13 +248,6 @@ def test_an_exclude_edit_lost_in_an_overflow_reloads_the_rules(
     wait_for(lambda: "hidden.txt" in ran_files(log), timeout=10, what="the file it unhid")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a whole-project run lists the tree with scan_files(root, watcher.rules), which loads "
-    "each .gitignore it passes into the live rules: the edited one too, before the reload "
-    "takes those rules as its old ones, so it sees no difference for a/. Fix (in "
-    "Daemon.run, outside this review's reach): a whole run lists with rules of its own, "
-    "lambda: scan_files(self.root, IgnoreRules(self.root, self.config.ignore)) (scan_files "
-    "reads every .gitignore it lists anyway)"))
 def test_a_gitignore_edit_during_a_whole_project_run_still_runs_the_files_it_unhides(
         project: Path, tmp_path: Path, start_daemon: Start) -> None:
     log = tmp_path / "runs.jsonl"

@@ -150,6 +150,7 @@ class Daemon:
             log.info("watching %s: %d directories, %d checks (%s)", self.root,
                      self.watcher.watch_count, len(self.config.checks),
                      ", ".join(c.name for c in self.config.checks))
+            self._settle_deleted_while_away()
             if changed_meanwhile:
                 self._dispatch(changed_meanwhile)
             self.scheduler.run_whole(on_start_only=True)
@@ -261,21 +262,39 @@ class Daemon:
             below: list[str] = []
             self._db(lambda store: below.extend(store.files_with_findings_under(marks)))
             gone += [f for f in below if not os.path.lexists(f"{root}/{f}")]
-        if gone:
-            had: set[str] = set()
-            self._db(lambda store: had.update(store.checks_with_findings(gone)))
-            self._write(functools.partial(Store.forget_files, files=gone))
+        had = self._forget(gone) if gone else set()
         if recheck_ignored:
             changes = {c for c in changes if not self.watcher.rules.is_ignored(c, False)}
         if self.scheduler is not None:
             self.scheduler.changed(changes)
             self._publish_soon()
         if gone:  # after the scheduler saw the deletion: the verdict is not stale
-            settled: list[Run] = []
-            self._db(lambda store: settled.extend(store.outcomes_gone_with(
-                gone, had, lambda f: os.path.lexists(self.root / f))))
-            for run in settled:
-                self._on_result(run, [], counted=False)
+            self._settle(gone, had)
+
+    def _forget(self, gone: list[str]) -> set[str]:
+        """Forget the findings of files that are gone; returns the checks that had some."""
+        had: set[str] = set()
+        self._db(lambda store: had.update(store.checks_with_findings(gone)))
+        self._write(functools.partial(Store.forget_files, files=gone))
+        return had
+
+    def _settle(self, gone: list[str], had: set[str]) -> None:
+        """The failures that went with the files gone, each settled as a pass."""
+        settled: list[Run] = []
+        self._db(lambda store: settled.extend(store.outcomes_gone_with(
+            gone, had, lambda f: os.path.lexists(self.root / f))))
+        for run in settled:
+            self._on_result(run, [], counted=False)
+
+    def _settle_deleted_while_away(self) -> None:
+        """Files deleted while no daemon ran: no event tells, and a check that does not run
+        at start would keep their findings and failures for good."""
+        root = str(self.root)
+        known: list[str] = []
+        self._db(lambda store: known.extend(store.files_with_findings_under(["/"])))
+        gone = [f for f in known if not os.path.lexists(f"{root}/{f}")]
+        if gone:
+            self._settle(gone, self._forget(gone))
 
     async def _sliced(self, slices: Iterator[int]) -> bool:
         """Run a walk a slice per turn of the loop; False when stopped meanwhile.

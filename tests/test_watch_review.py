@@ -388,12 +388,6 @@ def test_two_directories_swapped_during_an_overflow_are_both_new_and_stay_watche
     assert inotify_watches(d.pid) == watches
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no event, no mark and no start-up run (run_on_start = false) ever looks at bad.py "
-    "again: its finding and the failure stay for good. Older than issue 14. Fix (in "
-    "Daemon.run): after the walk, forget the findings of files that no longer exist and "
-    "settle the failures that went with them, as _dispatch does for a root mark, without "
-    "arming the whole-project checks"))
 def test_a_file_deleted_while_no_daemon_ran_takes_its_failure_along(
         project: Path, tmp_path: Path, start_daemon: Start) -> None:
     (project / "devloop.toml").write_text(lint_check(tmp_path))

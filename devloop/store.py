@@ -141,6 +141,14 @@ class DaemonRow:
     updated: float
 
 
+def _text(name: str) -> str:
+    """A file name as SQLite can hold it: UTF-8 only, so a name in other bytes (surrogate
+    escapes) is written, and looked up, with those bytes as \\xNN."""
+    if name.isascii():
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _private_file(path: Path) -> None:
     """Create the file 0600 before SQLite does; a planted symlink is moved aside, not followed,
     and a file that is not ours (statedir's rules) is refused.
@@ -272,13 +280,13 @@ class Store:
                     scope = set(run.files) | {f.file for f in findings}
                     c.executemany(
                         "DELETE FROM findings WHERE check_name = ? AND file = ?",
-                        [(run.check, f) for f in scope],
+                        [(run.check, _text(f)) for f in scope],
                     )
                 c.executemany(
                     "INSERT INTO findings (check_name, file, line, col, severity, code, message,"
                     " run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(run.check, f.file, f.line, f.column, f.severity, f.code, f.message, run_id)
-                     for f in findings],
+                    [(run.check, _text(f.file), f.line, f.column, f.severity, f.code,
+                      f.message, run_id) for f in findings],
                 )
             _count(c, run, counted, still_failing=_leftover(c, run) > 0)
             c.execute(
@@ -292,7 +300,7 @@ class Store:
         """Files that no longer exist have no findings (one transaction: one commit)."""
         with self.conn as c:
             c.execute("BEGIN IMMEDIATE")
-            c.executemany("DELETE FROM findings WHERE file = ?", [(f,) for f in files])
+            c.executemany("DELETE FROM findings WHERE file = ?", [(_text(f),) for f in files])
 
     def forget_checks_except(self, names: Iterable[str]) -> None:
         """A check removed from the config leaves no stale results behind."""
@@ -304,7 +312,7 @@ class Store:
 
     def checks_with_findings(self, files: Iterable[str]) -> set[str]:
         """The checks that have findings in these files."""
-        files = list(files)
+        files = [_text(f) for f in files]
         found: set[str] = set()
         for i in range(0, len(files), 500):  # below SQLite's limit on bound variables
             chunk = files[i:i + 500]

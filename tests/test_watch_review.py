@@ -161,11 +161,6 @@ def test_a_directory_renamed_during_an_overflow_stays_watched(
     assert set(edits) <= ran_files(log)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Store.record passes the run's file names to SQLite, which refuses a str with "
-    "surrogate escapes (UnicodeEncodeError): the scheduler's task dies, the check stays "
-    "'running' for ever and status --wait never settles. Not the watcher's (as old as "
-    "store.record): the store needs a lossless text form of such names"))
 def test_a_file_named_in_bytes_that_are_not_utf8_is_checked_and_recorded(
         project: Path, tmp_path: Path, start_daemon: Start) -> None:
     log = tmp_path / "runs.jsonl"

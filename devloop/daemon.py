@@ -644,6 +644,10 @@ class Daemon:
                         continue
             except OSError as exc:
                 problem = f"cannot write results to {self.state_dir}: {exc.strerror}"
+            except (ValueError, TypeError):  # a value SQLite can never take: a bug of ours
+                # dropped, not retried: it would hold back every write after it for good
+                log.exception("a result the database cannot hold was dropped")
+                return True
             else:
                 if self.db_trouble.clear():
                     self._update_status()

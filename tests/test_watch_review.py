@@ -73,6 +73,12 @@ def many_dirs(root: Path, n: int = 10_000) -> list[Path]:
     return dirs
 
 
+def run_a_later_edit(project: Path, log: Path) -> None:
+    """Edit sync.txt and wait for its run: the events before it have been read."""
+    (project / "sync.txt").write_text("x")
+    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+
+
 def settled(root: Path) -> str:
     """`status --wait`: every change seen has been run; its output."""
     r = devloop("status", str(root), "--wait", "--timeout", "60")
@@ -95,8 +101,7 @@ def test_a_gitignore_edit_lost_in_an_overflow_still_runs_the_files_it_unhides(
         (project / "a" / ".gitignore").write_text("# nothing hidden now\n")
     wait_for(lambda: "configuration reloaded" in d.log, what="the reload")
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     assert "a/hidden.txt" in ran_files(log)
 
 
@@ -117,8 +122,7 @@ def test_a_directory_swapped_for_one_moved_in_during_an_overflow_runs_its_files(
         os.rename(project / "d", tmp_path / "oldd")
         os.rename(tmp_path / "newd", project / "d")
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     assert {"d/y.txt", "d/sub/z.txt"} <= ran_files(log)
     assert inotify_watches(d.pid) == 4  # ., flood, d, d/sub: none left on the one moved out
 
@@ -155,8 +159,7 @@ def test_a_directory_renamed_during_an_overflow_stays_watched(
     edits = ["e/x.txt", "e/sub/y.txt"]
     for rel in edits:
         (project / rel).write_text("edited")
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     time.sleep(0.5)  # events come in order, yet each directory is read on its own
     assert set(edits) <= ran_files(log)
 
@@ -192,8 +195,7 @@ def test_a_directory_moved_within_the_tree_during_the_initial_walk_stays_watched
     edits = [f"{rel}/moved/x.txt", f"{rel}/moved/sub/y.txt"]
     for e in edits:
         (project / e).write_text("edited")
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     time.sleep(0.5)  # events come in order, yet each directory is read on its own
     assert set(edits) <= ran_files(log)
 
@@ -217,8 +219,7 @@ def test_a_directory_moved_in_during_the_initial_walk_has_its_files_checked(
         target = next(x for x in reversed(dirs) if x.stat().st_ino not in walked)
         os.rename(tmp_path / "tree", target / "tree")
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     rel = target.relative_to(project)
     assert {f"{rel}/tree/a.txt", f"{rel}/tree/sub/b.txt"} <= ran_files(log)
 
@@ -238,8 +239,7 @@ def test_an_exclude_edit_lost_in_an_overflow_reloads_the_rules(
     with overflowed(d, project / "flood"):
         exclude.write_text("# nothing hidden now\n")
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     wait_for(lambda: "hidden.txt" in ran_files(log), timeout=10, what="the file it unhid")
 
 
@@ -265,8 +265,7 @@ def test_a_gitignore_edit_during_a_whole_project_run_still_runs_the_files_it_unh
     start_daemon(project)
     (a / ".gitignore").write_text("# nothing hidden now\n")
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     assert f"{a.name}/hidden.txt" in ran_files(log)
 
 
@@ -290,8 +289,7 @@ def test_a_file_written_earlier_and_closed_during_an_overflow_is_checked(
         with overflowed(d, project / "flood"):
             slow.close()
     settled(project)
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     assert "slow.txt" in ran_files(log)
 
 
@@ -350,8 +348,7 @@ def test_a_file_saved_through_o_tmpfile_and_linkat_is_checked(
     config(project, "[checks.all]\n" + record_check(log, ["*.txt"]))
     start_daemon(project)
     link_tmpfile(project, "new.txt", b"saved\n")
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     assert "new.txt" in ran_files(log)
 
 
@@ -376,8 +373,7 @@ def test_two_directories_swapped_during_an_overflow_are_both_new_and_stay_watche
     edits = ["a/sub/b/x.txt", "b/sub/a/y.txt", "a/z.txt", "b/w.txt"]
     for rel in edits:
         (project / rel).write_text("edited")
-    (project / "sync.txt").write_text("x")
-    wait_for(lambda: "sync.txt" in ran_files(log), what="a later edit run")
+    run_a_later_edit(project, log)
     time.sleep(0.5)  # events come in order, yet each directory is read on its own
     assert set(edits) <= ran_files(log)
     assert inotify_watches(d.pid) == watches

@@ -122,12 +122,10 @@ class CheckRun:
     """One run of one check. `await run()`; `cancel()` stops it from elsewhere on the loop."""
 
     def __init__(self, check: Check, root: Path, files: Sequence[str], *, whole: bool,
-                 environ: Mapping[str, str], ledger: GroupLedger | None = None,
-                 adapter: tools.Adapter | None = None) -> None:
+                 environ: Mapping[str, str], adapter: tools.Adapter,
+                 ledger: GroupLedger | None = None) -> None:
         self.check = check
-        # None: found now (the scheduler finds it with the config, so that importing the
-        # adapters is not the first save's wait)
-        self.adapter = tools.adapter_for(check) if adapter is None else adapter
+        self.adapter = adapter  # found with the config: importing it is not a save's wait
         self.ledger = ledger
         self.root = root
         self.files = tuple(files)

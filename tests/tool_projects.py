@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from devloop import config
+from devloop import config, tools
 from devloop.daemon import use_pidfd_child_watcher
 from devloop.findings import Finding
 from devloop.runner import CheckRun
@@ -57,7 +57,8 @@ def run_check(root: Path, chk: config.Check, files: list[str] | None = None, *,
 
     async def go() -> tuple[Run, list[Finding]]:
         return await CheckRun(chk, root, files, whole=whole,
-                              environ=os.environ if environ is None else environ).run()
+                              environ=os.environ if environ is None else environ,
+                              adapter=tools.adapter_for(chk)).run()
 
     return asyncio.run(go())
 

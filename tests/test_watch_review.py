@@ -45,19 +45,27 @@ def overflowed(d: DaemonProc, flood_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def stopped_mid_walk(d: DaemonProc) -> Iterator[set[int]]:
-    """The daemon stopped (SIGSTOP) during its initial walk: the body gets the inodes of
-    the directories it watches so far (from /proc/PID/fdinfo), the ones walked already."""
+def stopped_mid_walk(d: DaemonProc, far_enough: Callable[[set[int]], bool] = bool
+                     ) -> Iterator[set[int]]:
+    """The daemon stopped (SIGSTOP) during its initial walk, once far_enough(watched): the
+    body gets the inodes of the directories it watches so far (from /proc/PID/fdinfo), the
+    ones walked already. Stopped too early, it walks on a few ms at a time."""
     wait_for(lambda: (d.drain(0.01), any("STATUS=walking the project" in m
                                          for m in d.messages))[1], timeout=120,
              what="the initial walk under way")
     os.kill(d.pid, signal.SIGSTOP)
     try:
-        watched: set[int] = set()
-        for fd in os.listdir(f"/proc/{d.pid}/fdinfo"):
-            text = Path(f"/proc/{d.pid}/fdinfo/{fd}").read_text()
-            watched |= {int(ino, 16) for ino in re.findall(
-                r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE)}
+        while True:
+            watched: set[int] = set()
+            for fd in os.listdir(f"/proc/{d.pid}/fdinfo"):
+                text = Path(f"/proc/{d.pid}/fdinfo/{fd}").read_text()
+                watched |= {int(ino, 16) for ino in re.findall(
+                    r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE)}
+            if far_enough(watched):
+                break
+            os.kill(d.pid, signal.SIGCONT)
+            time.sleep(0.003)
+            os.kill(d.pid, signal.SIGSTOP)
         assert not d.sent("READY=1")
         yield watched
     finally:
@@ -186,7 +194,8 @@ def test_a_directory_moved_within_the_tree_during_the_initial_walk_stays_watched
     for d in dirs[::10]:
         (d / "moving" / "sub").mkdir(parents=True)
     d = start_daemon(project, ready=False)
-    with stopped_mid_walk(d) as walked:
+    sources = [(x / "moving" / "sub").stat().st_ino for x in dirs[::10]]
+    with stopped_mid_walk(d, lambda w: any(i in w for i in sources)) as walked:
         source = next(x for x in dirs[::10] if (x / "moving" / "sub").stat().st_ino in walked)
         target = next(x for x in reversed(dirs) if x.stat().st_ino not in walked)
         os.rename(source / "moving", target / "moved")
